@@ -1,0 +1,55 @@
+"""The one Settings object. Built in ``main()`` and passed down; nothing else reads os.environ.
+
+Every field can be set by an environment variable ``CUNLIANG_<FIELD>`` (upper case)
+or by a CLI flag of the same name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CUNLIANG_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".data"), description="SQLite file, demo model, logs")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/cunliang.db"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # model served by `cunliang up`; None = generate the small demo model in data_dir
+    model: str | None = Field(default=None, description="Hugging Face id or local path")
+    served_model_name: str = "cunliang-demo"
+    max_model_len: int = 256
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE for CPU workers
+
+    # dtype for CPU workers: "auto" = fastest dtype the profiler proved to run
+    dtype: str = "auto"
+    probe_dtypes: bool = True
+    probe_timeout_s: float = 300.0
+
+    ray_address: str | None = Field(default=None, description="None = start a local Ray head")
+    ray_num_cpus: int | None = None
+
+    admin_token: str | None = Field(default=None, description="None = generated at first start")
+    site_name: str = "local"
+    site_region: str = "local"
+    tariff_yuan_per_kwh: float = 0.6
+    pue: float = 1.5
+
+    # time the gateway waits for an engine to answer before failing over (no first byte yet)
+    upstream_connect_timeout_s: float = 5.0
+    upstream_read_timeout_s: float = 600.0
+    max_request_body_bytes: int = 4 * 1024 * 1024
+    engine_start_timeout_s: float = 600.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cunliang.db').resolve()}"

