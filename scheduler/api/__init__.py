@@ -1,0 +1,1 @@
+"""HTTP edges shared by the gateway and the admin API: error format, admin auth."""
