@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     ray_address: str | None = Field(default=None, description="None = start a local Ray head")
     ray_num_cpus: int | None = None
+    # short path: Ray puts unix sockets under it (107-byte limit); None = a fresh /tmp dir
+    ray_temp_dir: Path | None = None
 
     admin_token: str | None = Field(default=None, description="None = generated at first start")
     site_name: str = "local"
