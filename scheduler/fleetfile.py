@@ -60,10 +60,10 @@ class _Row(BaseModel):
 
 
 class AmortisationRow(_Row):
-    remaining_life_years: float = Field(3.0, gt=0)
-    ops_yuan_per_device_hour: float = Field(0.05, ge=0)
-    host_watts_per_gpu: float = Field(0.0, ge=0)
-    average_utilisation: float = Field(0.8, gt=0, le=1)
+    remaining_life_years: float = Field(default=3.0, gt=0)
+    ops_yuan_per_device_hour: float = Field(default=0.05, ge=0)
+    host_watts_per_gpu: float = Field(default=0.0, ge=0)
+    average_utilisation: float = Field(default=0.8, gt=0, le=1)
 
 
 class TouBandRow(_Row):
@@ -78,7 +78,7 @@ class SiteRow(_Row):
     hub: str = ""
     tariff_yuan_per_kwh: float = Field(ge=0)  # required: a site without a tariff has no cost
     pue: float = Field(ge=1.0, le=5.0)
-    rtt_ms_to_east: float | None = Field(None, ge=0)
+    rtt_ms_to_east: float | None = Field(default=None, ge=0)
     rtt_ms: dict[str, float] = Field(default_factory=dict)
     tou_bands: list[TouBandRow] = Field(default_factory=list)
 
@@ -87,30 +87,30 @@ class FleetRow(_Row):
     site: str
     device: str = Field(min_length=1)
     count: int = Field(ge=0)
-    per_node: int = Field(1, ge=1)
-    sockets: int = Field(1, ge=1)
-    memory_gb: float | None = Field(None, gt=0)
-    residual_yuan: float = Field(0.0, ge=0)
-    purchase_yuan: float = Field(0.0, ge=0)
-    board_watts: float | None = Field(None, gt=0)
-    measured_watts: float | None = Field(None, gt=0)
+    per_node: int = Field(default=1, ge=1)
+    sockets: int = Field(default=1, ge=1)
+    memory_gb: float | None = Field(default=None, gt=0)
+    residual_yuan: float = Field(default=0.0, ge=0)
+    purchase_yuan: float = Field(default=0.0, ge=0)
+    board_watts: float | None = Field(default=None, gt=0)
+    measured_watts: float | None = Field(default=None, gt=0)
     kind: DeviceKind | None = None
     # spec overrides / specs of devices the catalogue does not know (totals for the row device)
     vendor: str | None = None
-    memory_bandwidth_gbs: float | None = Field(None, gt=0)
-    fp16_tflops: float | None = Field(None, ge=0)
-    fp32_tflops: float | None = Field(None, ge=0)
-    int8_tops: float | None = Field(None, ge=0)
-    compute_capability: str | None = Field(None, pattern=r"^\d+\.\d+$")
-    cores: int | None = Field(None, ge=1)
+    memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
+    fp16_tflops: float | None = Field(default=None, ge=0)
+    fp32_tflops: float | None = Field(default=None, ge=0)
+    int8_tops: float | None = Field(default=None, ge=0)
+    compute_capability: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
+    cores: int | None = Field(default=None, ge=1)
     isa_flags: list[str] | None = None
     release_year: int | None = None
     nvlink: bool | None = None
     # per-row economics overrides
-    remaining_life_years: float | None = Field(None, gt=0)
-    ops_yuan_per_hour: float | None = Field(None, ge=0)
-    host_watts: float | None = Field(None, ge=0)
-    average_utilisation: float | None = Field(None, gt=0, le=1)
+    remaining_life_years: float | None = Field(default=None, gt=0)
+    ops_yuan_per_hour: float | None = Field(default=None, ge=0)
+    host_watts: float | None = Field(default=None, ge=0)
+    average_utilisation: float | None = Field(default=None, gt=0, le=1)
     # profile facts
     measured_quants: list[Quant] = Field(default_factory=list)
     efficiency: dict[str, float] = Field(default_factory=dict)
@@ -126,9 +126,9 @@ class ModelRow(_Row):
     heads: int = Field(ge=1)
     kv_heads: int = Field(ge=1)
     head_dim: int = Field(ge=1)
-    vocab: int | None = Field(None, ge=1)
-    intermediate: int | None = Field(None, ge=0)
-    max_model_len: int | None = Field(None, ge=1)
+    vocab: int | None = Field(default=None, ge=1)
+    intermediate: int | None = Field(default=None, ge=0)
+    max_model_len: int | None = Field(default=None, ge=1)
     source: str | None = None
     quantisations: list[Quant] | None = None
 
@@ -136,12 +136,12 @@ class ModelRow(_Row):
 class DemandRow(_Row):
     model: str
     output_tokens_per_s: float = Field(ge=0)
-    prompt_tokens: int = Field(512, ge=1)
-    output_tokens: int = Field(128, ge=1)
-    tpot_ms: float = Field(100.0, gt=0)
-    ttft_ms: float = Field(2000.0, gt=0)
+    prompt_tokens: int = Field(default=512, ge=1)
+    output_tokens: int = Field(default=128, ge=1)
+    tpot_ms: float = Field(default=100.0, gt=0)
+    ttft_ms: float = Field(default=2000.0, gt=0)
     regions: list[str] = Field(default_factory=list)
-    klass: Literal["interactive", "batch"] = Field("interactive", alias="class")
+    klass: Literal["interactive", "batch"] = Field(default="interactive", alias="class")
 
 
 class TopLevel(_Row):
