@@ -210,6 +210,7 @@ class Replica:
     predicted_output_tokens_per_s: float = 0.0
     yuan_per_hour: float = 0.0
     batch: int = 1
+    demand_klass: str = "interactive"  # which demand of the model it serves (Demand.klass)
 
     @property
     def key(self) -> str:
@@ -223,6 +224,10 @@ class Unplaced:
     model: str
     missing_output_tokens_per_s: float
     reason: str
+    klass: str = "interactive"
+    binding: str = (
+        ""  # the constraint that binds: "support", "memory", "slo", "region", "availability"
+    )
 
 
 @dataclass(frozen=True)
