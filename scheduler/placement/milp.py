@@ -107,8 +107,7 @@ def solve_milp(
 
     # (C4 regions, memory, engine support and the SLO are enforced by the candidate filters.)
     cost = np.array([c.yuan_per_hour for c in cands], dtype=float)
-    worst = max((c.yuan_per_token_s for c in cands), default=1.0)
-    big_m = 100.0 * worst + 1.0  # yuan/h per unserved token/s: serving always wins
+    big_m = unserved_penalty(cands)
     objective = np.concatenate([cost, np.full(n_u, big_m), np.full(n_y, churn_penalty_yuan)])
     upper = [c.device_class.count // c.tp for c in cands] + [math.inf] * (n_u + n_y)
     integrality = np.concatenate([np.ones(n_x), np.zeros(n_u + n_y)])
@@ -128,6 +127,16 @@ def solve_milp(
     return MilpResult(
         counts, res.status == 0 and gap <= mip_rel_gap, gap, elapsed, str(res.message)
     )
+
+
+def unserved_penalty(cands: Sequence[Candidate]) -> float:
+    """M, in yuan/hour per unserved token/s: 1000x the dearest way to serve one token/s.
+
+    Serving always wins unless the last few tokens/s would need a whole replica of
+    which they use less than 0.1%.
+    """
+    worst = max((c.yuan_per_token_s for c in cands), default=1.0)
+    return 1000.0 * worst + 1.0
 
 
 def _running_counts(current: Plan | None) -> dict[str, int]:
