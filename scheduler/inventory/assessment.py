@@ -80,12 +80,10 @@ def load_facts(
                 newest,
                 (newest.c.node_id == ProfileRow.node_id) & (newest.c.version == ProfileRow.version),
             )
-        ).tuples()
+        )
     }
     per_node = dict(
-        session.execute(select(DeviceRow.node_id, func.count()).group_by(DeviceRow.node_id))
-        .tuples()
-        .all()
+        session.execute(select(DeviceRow.node_id, func.count()).group_by(DeviceRow.node_id)).all()
     )
     rows = session.execute(
         select(
@@ -265,9 +263,7 @@ def site_report(
             select(NodeRow.site_id, func.count(DeviceRow.id))
             .join(DeviceRow, DeviceRow.node_id == NodeRow.id)
             .group_by(NodeRow.site_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     grouped: dict[int, list[DeviceFacts]] = defaultdict(list)
     for f in facts:

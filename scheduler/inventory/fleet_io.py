@@ -140,16 +140,12 @@ def export(session: Session, now: datetime) -> dict[str, Any]:
     """Everything not retired, grouped like a fleet file (one entry per identical set)."""
     sites = session.scalars(select(SiteRow).order_by(SiteRow.name)).all()
     site_names = {s.id: s.name for s in sites}
-    rows = (
-        session.execute(
-            select(DeviceRow, NodeRow.host, NodeRow.site_id)
-            .join(NodeRow, NodeRow.id == DeviceRow.node_id)
-            .where(DeviceRow.state != str(LifecycleState.RETIRED))
-            .order_by(NodeRow.host, DeviceRow.slot)
-        )
-        .tuples()
-        .all()
-    )
+    rows = session.execute(
+        select(DeviceRow, NodeRow.host, NodeRow.site_id)
+        .join(NodeRow, NodeRow.id == DeviceRow.node_id)
+        .where(DeviceRow.state != str(LifecycleState.RETIRED))
+        .order_by(NodeRow.host, DeviceRow.slot)
+    ).all()
     per_host: defaultdict[tuple[str, str], int] = defaultdict(int)
     for d, host, _ in rows:
         per_host[(host, d.model)] += 1

@@ -94,18 +94,16 @@ class InventoryService:
     def list_sites(self) -> list[SiteOut]:
         with self._db.sessions() as session:
             nodes = dict(
-                session.execute(select(NodeRow.site_id, func.count()).group_by(NodeRow.site_id))
-                .tuples()
-                .all()
+                session.execute(
+                    select(NodeRow.site_id, func.count()).group_by(NodeRow.site_id)
+                ).all()
             )
             devices = dict(
                 session.execute(
                     select(NodeRow.site_id, func.count(DeviceRow.id))
                     .join(DeviceRow, DeviceRow.node_id == NodeRow.id)
                     .group_by(NodeRow.site_id)
-                )
-                .tuples()
-                .all()
+                ).all()
             )
             rows = session.scalars(select(SiteRow).order_by(SiteRow.name)).all()
             return [_site_out(r, nodes.get(r.id, 0), devices.get(r.id, 0)) for r in rows]
@@ -168,9 +166,9 @@ class InventoryService:
     ) -> int:
         site_names = sorted({n.site for n in nodes})
         sites = dict(
-            session.execute(select(SiteRow.name, SiteRow.id).where(SiteRow.name.in_(site_names)))
-            .tuples()
-            .all()
+            session.execute(
+                select(SiteRow.name, SiteRow.id).where(SiteRow.name.in_(site_names))
+            ).all()
         )
         if missing := [s for s in site_names if s not in sites]:
             raise NotFound(
@@ -202,9 +200,9 @@ class InventoryService:
         ids: dict[str, int] = {}
         for part in chunks(hosts):
             ids.update(
-                session.execute(select(NodeRow.host, NodeRow.id).where(NodeRow.host.in_(part)))
-                .tuples()
-                .all()
+                session.execute(
+                    select(NodeRow.host, NodeRow.id).where(NodeRow.host.in_(part))
+                ).all()
             )
         rows = [
             {**d, "node_id": ids[host], "state": str(S.REGISTERED), "state_since": now}
@@ -236,13 +234,13 @@ class InventoryService:
             query = select(NodeRow, SiteRow.name).join(SiteRow, SiteRow.id == NodeRow.site_id)
             if site:
                 query = query.where(SiteRow.name == site)
-            nodes = session.execute(query.order_by(NodeRow.host)).tuples().all()
+            nodes = session.execute(query.order_by(NodeRow.host)).all()
             counts: dict[int, dict[str, int]] = defaultdict(dict)
             for node_id, st, n in session.execute(
                 select(DeviceRow.node_id, DeviceRow.state, func.count()).group_by(
                     DeviceRow.node_id, DeviceRow.state
                 )
-            ).tuples():
+            ):
                 counts[node_id][st] = n
         out = [_node_out(row, site_name, counts[row.id]) for row, site_name in nodes]
         return [n for n in out if state is None or state in n.states]
@@ -417,7 +415,7 @@ class InventoryService:
             .order_by(NodeRow.host, DeviceRow.slot)
             .limit(limit)
         )
-        return [_device_out(d, h, s) for d, h, s in session.execute(query).tuples()]
+        return [_device_out(d, h, s) for d, h, s in session.execute(query)]
 
     def audit(
         self, subject_kind: str | None = None, subject: str | None = None, limit: int = 100
@@ -549,7 +547,7 @@ def _node(session: Session, host: str, *, lock: bool = False) -> tuple[NodeRow, 
     if lock:
         # serialise concurrent transitions of one node on PostgreSQL (SQLite: whole-db lock)
         query = query.with_for_update(of=NodeRow)
-    found = session.execute(query).tuples().first()
+    found = session.execute(query).first()
     if found is None:
         raise NotFound(f"Unknown node {host!r}.", fix="list nodes: cunliang node list.")
     return found[0], found[1]

@@ -89,16 +89,12 @@ def build(
     session: Session, now: datetime
 ) -> tuple[Fleet, tuple[Demand, ...], tuple[ModelSpec, ...]]:
     sites = {s.id: s for s in session.scalars(select(SiteRow).order_by(SiteRow.name))}
-    rows = (
-        session.execute(
-            select(DeviceRow, NodeRow.host, NodeRow.site_id)
-            .join(NodeRow, NodeRow.id == DeviceRow.node_id)
-            .where(DeviceRow.state == str(LifecycleState.ADMITTED))
-            .order_by(NodeRow.host, DeviceRow.slot)
-        )
-        .tuples()
-        .all()
-    )
+    rows = session.execute(
+        select(DeviceRow, NodeRow.host, NodeRow.site_id)
+        .join(NodeRow, NodeRow.id == DeviceRow.node_id)
+        .where(DeviceRow.state == str(LifecycleState.ADMITTED))
+        .order_by(NodeRow.host, DeviceRow.slot)
+    ).all()
     per_node: dict[tuple[str, str, int], int] = defaultdict(int)
     for device, host, _ in rows:
         per_node[(host, device.model, device.memory_bytes)] += 1
@@ -166,7 +162,7 @@ def _proven_quants(session: Session) -> dict[str, frozenset[Quant]]:
         )
     )
     out: dict[str, frozenset[Quant]] = {}
-    for host, quants in session.execute(query).tuples():
+    for host, quants in session.execute(query):
         valid = [Quant(q) for q in quants if q in Quant._value2member_map_]
         out[host] = frozenset(valid)
     return out
