@@ -12,10 +12,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from scheduler.domain import LifecycleState
+from scheduler.domain import LifecycleState, Site, TouBand
 from scheduler.inventory.economics import (
     StoredEconomics,
-    average_tariff_yuan_per_kwh,
     estimated_watts,
     full_yuan_per_hour,
     to_economics,
@@ -77,11 +76,11 @@ def evaluate_node(
     admitted: list[dict[str, Any]] = []
     figures_by_id: dict[int, dict[str, Any]] = {}
     refusals = []
-    tariff = average_tariff_yuan_per_kwh(site.tariff_yuan_per_kwh, site.tou_bands)
+    place = to_site(site)
     for device in devices:
         if device.state != S.PROBATION:
             continue
-        figures = _figures(device, profile, site.pue, tariff, len(devices), node, now)
+        figures = _figures(device, profile, place, len(devices), node, now)
         decision = admission_decision(policy, figures, now)
         numbers = dict(decision.figures)
         subject = f"{node.host}/{device.slot}"
@@ -125,8 +124,7 @@ def _ref(device: DeviceRow, node: NodeRow) -> dict[str, Any]:
 def _figures(
     device: DeviceRow,
     profile: ProfileRow | None,
-    pue: float,
-    tariff: float,
+    site: Site,
     devices_on_node: int,
     node: NodeRow,
     now: datetime,
@@ -146,8 +144,8 @@ def _figures(
     return AdmissionFigures(
         output_tokens_per_s=tokens,
         watts=watts,
-        full_yuan_per_hour=full_yuan_per_hour(watts, pue, tariff, economics),
-        site_pue=pue,
+        full_yuan_per_hour=full_yuan_per_hour(watts, site, economics),
+        site_pue=site.pue,
         reference_model=profile.reference_model if profile else "",
         profile_measured_at=profile.measured_at if profile else None,
         healthy=node.health != "unhealthy",
@@ -163,4 +161,16 @@ def stored_economics(device: Any) -> StoredEconomics:
         depreciation_years=device.depreciation_years,
         ops_yuan_per_hour=device.ops_yuan_per_hour,
         host_watts=device.host_watts,
+    )
+
+
+def to_site(row: SiteRow) -> Site:
+    return Site(
+        name=row.name,
+        region=row.region,
+        hub=row.hub,
+        tariff_yuan_per_kwh=row.tariff_yuan_per_kwh,
+        pue=row.pue,
+        tou_bands=tuple(TouBand(**b) for b in row.tou_bands),
+        rtt_ms=dict(row.rtt_ms),
     )

@@ -24,13 +24,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from scheduler.domain import LifecycleState
-from scheduler.inventory.admission import stored_economics
-from scheduler.inventory.economics import (
-    average_tariff_yuan_per_kwh,
-    estimated_watts,
-    full_yuan_per_hour,
-    to_economics,
-)
+from scheduler.inventory.admission import stored_economics, to_site
+from scheduler.inventory.economics import estimated_watts, full_yuan_per_hour, to_economics
 from scheduler.inventory.ports import ReplicaCounter, UsageSource
 from scheduler.inventory.records import apply_transitions, audit_row, chunks, write_audit
 from scheduler.inventory.schemas import AssessmentOut, SiteReportRow
@@ -64,10 +59,7 @@ def load_facts(
     session: Session, now: datetime, states: Sequence[LifecycleState]
 ) -> list[DeviceFacts]:
     """Every device in ``states`` with watts, full cost and profiled capacity (3 queries)."""
-    sites = {s.id: s for s in session.scalars(select(SiteRow))}
-    tariffs = {
-        i: average_tariff_yuan_per_kwh(s.tariff_yuan_per_kwh, s.tou_bands) for i, s in sites.items()
-    }
+    sites = {s.id: to_site(s) for s in session.scalars(select(SiteRow))}
     newest = (
         select(ProfileRow.node_id, func.max(ProfileRow.version).label("version"))
         .group_by(ProfileRow.node_id)
@@ -125,9 +117,7 @@ def load_facts(
                 node_id=r.node_id,
                 site_id=r.site_id,
                 watts=watts,
-                full_yuan_per_hour=full_yuan_per_hour(
-                    watts, site.pue, tariffs[r.site_id], economics
-                ),
+                full_yuan_per_hour=full_yuan_per_hour(watts, site, economics),
                 capacity_tokens_per_s=tokens / n,
             )
         )

@@ -1,8 +1,8 @@
-"""Money facts of a stored device -> domain ``Economics`` and full cost per hour.
+"""Money facts of a stored device -> domain ``Economics``, and its full cost per hour.
 
-The cost formula itself belongs to ``scheduler.cost`` (placement's cost model); this module
-only turns database columns (purchase price, in-service date, depreciation) into the
-residual value and remaining life that model expects, and calls it.
+The cost formula is ``scheduler.cost`` (the placement cost model: one formula for the
+whole project); this module only turns database columns (purchase price, in-service
+date, depreciation period) into the residual value and remaining life that model takes.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from scheduler.domain import Economics
+from scheduler import cost
+from scheduler.domain import Economics, Site
 
 DAYS_PER_YEAR = 365.25
-HOURS_PER_YEAR = 24 * DAYS_PER_YEAR
 # used hardware with no stated price or depreciation: amortise over this (reference fleet)
 DEFAULT_REMAINING_LIFE_YEARS = 3.0
 # a card never runs at TDP on average while serving (reference-fleet assumption)
@@ -35,14 +35,14 @@ def residual_and_life(money: StoredEconomics, today: date) -> tuple[float, float
 
     A stated residual value wins (market value: the opportunity cost of keeping the device);
     otherwise straight-line book value of the purchase price over the depreciation period.
-    A fully depreciated device keeps a floor life of one year so its capex is ~0, not NaN.
+    Without an in-service date the depreciation period is read as the remaining life. A
+    fully depreciated device keeps a floor life of one year so its capex is ~0, not NaN.
     """
     age_years = 0.0
     if money.in_service_date is not None:
         age_years = max(0.0, (today - money.in_service_date).days / DAYS_PER_YEAR)
     remaining = max(1.0, money.depreciation_years - age_years)
     if money.residual_yuan > 0:
-        # no in-service date: the depreciation period is read as the remaining life
         return money.residual_yuan, remaining
     if money.purchase_yuan > 0 and money.depreciation_years > 0:
         left = max(0.0, 1.0 - age_years / money.depreciation_years)
@@ -58,35 +58,21 @@ def to_economics(money: StoredEconomics, today: date) -> Economics:
         ops_yuan_per_hour=money.ops_yuan_per_hour,
         host_watts=money.host_watts,
         average_utilisation=AVERAGE_UTILISATION,
+        # the book value above already accounts for the purchase price: not twice
+        purchase_yuan=0.0,
     )
 
 
-def full_yuan_per_hour(
-    watts: float, pue: float, tariff_yuan_per_kwh: float, economics: Economics
-) -> float:
-    """Energy at the wall (device watts x PUE x tariff) + ops + capex amortisation.
+def full_yuan_per_hour(watts: float, site: Site, economics: Economics) -> float:
+    """Full cost (``scheduler.cost``): energy at PUE and the daily mean tariff + ops + capex.
 
     ``watts`` is the device's average draw while serving, host share included.
     """
-    energy = watts / 1000.0 * pue * tariff_yuan_per_kwh
-    capex = economics.residual_yuan / (economics.remaining_life_years * HOURS_PER_YEAR)
-    return energy + economics.ops_yuan_per_hour + capex
+    tariff = cost.tariff_yuan_per_kwh(site)
+    power = cost.power_yuan_per_hour(watts, site.pue, tariff)
+    return power + economics.ops_yuan_per_hour + cost.capex_yuan_per_hour(economics)
 
 
 def estimated_watts(tdp_watts: float, host_watts: float) -> float:
     """Average draw when no profile measured it: a fraction of TDP plus the host share."""
     return tdp_watts * AVERAGE_UTILISATION + host_watts
-
-
-def average_tariff_yuan_per_kwh(flat: float, bands: list[dict[str, float]]) -> float:
-    """Time-weighted daily tariff: hours in a time-of-use band at its price, the rest flat.
-
-    Devices serve around the clock, so the assessment judges them on the daily average.
-    """
-    covered = 0.0
-    total = 0.0
-    for band in bands:
-        hours = float(band["end_hour"]) - float(band["start_hour"])
-        covered += hours
-        total += hours * float(band["tariff_yuan_per_kwh"])
-    return (total + max(0.0, 24.0 - covered) * flat) / 24.0

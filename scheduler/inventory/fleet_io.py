@@ -8,8 +8,6 @@ back into a document of the same shape.
 from __future__ import annotations
 
 import math
-import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,14 +16,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from scheduler.catalog import lookup_device
 from scheduler.domain import GIB, DeviceClass, DeviceKind, Fleet, LifecycleState
-from scheduler.errors import Conflict
-from scheduler.inventory.admission import stored_economics
-from scheduler.inventory.demand import arch_to_dict, model_specs
-from scheduler.inventory.economics import residual_and_life
+from scheduler.errors import Conflict, InvalidInput
+from scheduler.fleetfile import FleetFile, dump_fleet_file, slug
+from scheduler.inventory import snapshot
 from scheduler.inventory.records import audit_row, resolve_device, write_audit
 from scheduler.inventory.schemas import DeviceIn, NodeIn, SiteIn, TouBandIn
-from scheduler.store.inventory import DeviceRow, NodeRow, SiteRow
+from scheduler.store.inventory import SiteRow
 
 
 @dataclass(frozen=True)
@@ -35,9 +33,21 @@ class ImportPlan:
     devices: dict[str, list[dict[str, Any]]]  # {host: [device columns]}
 
 
-def host_name(cls: DeviceClass, index: int) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", cls.spec.model.lower()).strip("-")
-    return f"{cls.site.name}-{slug}-{cls.spec.memory_bytes // GIB}g-{index:04d}"
+def host_names(cls: DeviceClass) -> list[str]:
+    """The class's own node ids when the file gives them, else ``<site>-<device>-<mem>g-<nnnn>``."""
+    nodes = math.ceil(cls.count / max(1, cls.per_node))
+    if cls.node_ids:
+        return list(cls.node_ids[:nodes])
+    stem = f"{cls.site.name}-{slug(cls.spec.model)}-{cls.spec.memory_bytes // GIB}g"
+    return [f"{stem}-{i:04d}" for i in range(1, nodes + 1)]
+
+
+def _sockets(cls: DeviceClass) -> int:
+    """A CPU class's spec is a whole server: sockets = its cores / the catalogue's per socket."""
+    base = lookup_device(cls.spec.model)
+    if cls.spec.kind is not DeviceKind.CPU or base is None or not base.cores:
+        return 1
+    return max(1, round(cls.spec.cores / base.cores))
 
 
 def _device_in(cls: DeviceClass, count: int) -> DeviceIn:
@@ -51,18 +61,20 @@ def _device_in(cls: DeviceClass, count: int) -> DeviceIn:
         memory_bytes=spec.memory_bytes,
         compute_capability=f"{cc[0]}.{cc[1]}" if cc else None,
         isa_flags=sorted(spec.isa_flags),
+        sockets=_sockets(cls),
         memory_bandwidth_bytes_per_s=spec.memory_bandwidth_bytes_per_s,
         tdp_watts=spec.tdp_watts,
         residual_yuan=money.residual_yuan,
-        depreciation_years=money.remaining_life_years,
+        purchase_yuan=money.purchase_yuan,
+        depreciation_years=money.remaining_life_years,  # no in-service date: remaining life
         ops_yuan_per_hour=money.ops_yuan_per_hour,
         host_watts=money.host_watts,
     )
 
 
 def plan_import(fleet: Fleet) -> ImportPlan:
-    """Sites as given; each class becomes ceil(count / per_node) nodes named
-    ``<site>-<model>-<mem>g-<nnnn>`` holding ``per_node`` devices (the last one the rest)."""
+    """Sites as given; each class becomes ceil(count / per_node) nodes holding ``per_node``
+    devices each (the last one the rest), named by the file's node_ids or generated."""
     sites = tuple(
         SiteIn(
             name=s.name,
@@ -77,25 +89,25 @@ def plan_import(fleet: Fleet) -> ImportPlan:
     )
     nodes: list[NodeIn] = []
     devices: dict[str, list[dict[str, Any]]] = {}
-    used: defaultdict[str, int] = defaultdict(int)
     for cls in fleet.classes:
         per_node = max(1, cls.per_node)
-        left = cls.count
         resolved = resolve_device(_device_in(cls, 1), f"fleet class {cls.id}")
-        for _ in range(math.ceil(cls.count / per_node)):
+        left = cls.count
+        for host in host_names(cls):
             n = min(per_node, left)
             left -= n
-            base = host_name(cls, 0)[:-4]
-            used[base] += 1
-            host = f"{base}{used[base]:04d}"
-            node = NodeIn.model_construct(
-                host=host,
-                site=cls.site.name,
-                labels={"class": cls.id},
-                ray_node_id=None,
-                devices=[_device_in(cls, n)],
+            if host in devices:
+                raise InvalidInput(f"fleet class {cls.id}: host {host!r} appears twice.")
+            # already validated as a whole above; skip re-validating thousands of rows
+            nodes.append(
+                NodeIn.model_construct(
+                    host=host,
+                    site=cls.site.name,
+                    labels={"class": cls.id},
+                    ray_node_id=None,
+                    devices=[],
+                )
             )
-            nodes.append(node)
             devices[host] = [{**resolved, "slot": slot} for slot in range(n)]
     return ImportPlan(sites=sites, nodes=tuple(nodes), devices=devices)
 
@@ -136,74 +148,11 @@ def upsert_sites(session: Session, sites: Sequence[SiteIn], now: datetime, actor
     return len(added)
 
 
-def export(session: Session, now: datetime) -> dict[str, Any]:
-    """Everything not retired, grouped like a fleet file (one entry per identical set)."""
-    sites = session.scalars(select(SiteRow).order_by(SiteRow.name)).all()
-    site_names = {s.id: s.name for s in sites}
-    rows = session.execute(
-        select(DeviceRow, NodeRow.host, NodeRow.site_id)
-        .join(NodeRow, NodeRow.id == DeviceRow.node_id)
-        .where(DeviceRow.state != str(LifecycleState.RETIRED))
-        .order_by(NodeRow.host, DeviceRow.slot)
-    ).all()
-    per_host: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for d, host, _ in rows:
-        per_host[(host, d.model)] += 1
-    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for d, host, site_id in rows:
-        residual, _life = residual_and_life(stored_economics(d), now.date())
-        key = (
-            site_names[site_id],
-            d.model,
-            d.memory_bytes,
-            per_host[(host, d.model)],
-            round(residual, 2),
-            d.tdp_watts,
-            d.kind,
-            d.sockets,
-        )
-        entry = groups.setdefault(
-            key,
-            {
-                "site": key[0],
-                "device": d.model,
-                "memory_gb": round(d.memory_bytes / GIB, 3),
-                "count": 0,
-                "per_node": key[3],
-                "residual_yuan": key[4],
-                "board_watts": d.tdp_watts,
-                **({"kind": "cpu", "sockets": d.sockets} if d.kind == DeviceKind.CPU else {}),
-            },
-        )
-        entry["count"] += 1
-    models, demands = model_specs(session)
-    return {
-        "currency": "CNY",
-        "sites": [
-            {
-                "name": s.name,
-                "hub": s.hub,
-                "region": s.region,
-                "tariff_yuan_per_kwh": s.tariff_yuan_per_kwh,
-                "pue": s.pue,
-                **({f"rtt_ms_to_{k}": v for k, v in s.rtt_ms.items()}),
-            }
-            for s in sites
-        ],
-        "fleet": list(groups.values()),
-        "models": [{"name": m.name, **arch_to_dict(m.arch)} for m in models],
-        "quantisations": sorted({str(q) for m in models for q in m.allowed_quants}),
-        "demand": [
-            {
-                "model": d.model,
-                "output_tokens_per_s": d.output_tokens_per_s,
-                "prompt_tokens": d.prompt_tokens,
-                "output_tokens": d.output_tokens,
-                "tpot_ms": d.tpot_ms,
-                "ttft_ms": d.ttft_ms,
-                "regions": list(d.regions),
-                **({"class": d.klass} if d.klass != "interactive" else {}),
-            }
-            for d in demands
-        ],
-    }
+def export(session: Session, now: datetime) -> str:
+    """Everything not retired as fleet-file YAML (``scheduler.fleetfile`` format): one
+    entry per identical device set, its hosts as ``node_ids`` so an import restores them."""
+    live = tuple(s for s in LifecycleState if s is not LifecycleState.RETIRED)
+    fleet, demands, models = snapshot.build(session, now, states=live)
+    return dump_fleet_file(
+        FleetFile(fleet=fleet, models={m.name: m for m in models}, demands=demands)
+    )

@@ -93,10 +93,14 @@ def resolve_device(device: DeviceIn, where: str) -> dict[str, Any]:
     cc = device.compute_capability
     if cc is None and spec is not None and spec.compute_capability is not None:
         cc = f"{spec.compute_capability[0]}.{spec.compute_capability[1]}"
-    tdp = device.tdp_watts if device.tdp_watts is not None else (spec.tdp_watts if spec else 0.0)
+    # catalogue CPU figures are per socket; a CPU device is a socket set: store totals
+    per_socket = device.sockets if kind is DeviceKind.CPU else 1
+    tdp = device.tdp_watts
+    if tdp is None:
+        tdp = spec.tdp_watts * per_socket if spec else 0.0
     bandwidth = device.memory_bandwidth_bytes_per_s
     if bandwidth is None:
-        bandwidth = spec.memory_bandwidth_bytes_per_s if spec else 0.0
+        bandwidth = spec.memory_bandwidth_bytes_per_s * per_socket if spec else 0.0
     flags = device.isa_flags or (sorted(spec.isa_flags) if spec else [])
     return {
         "kind": str(kind),

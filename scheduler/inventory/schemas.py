@@ -6,7 +6,6 @@ the same message; the service converts into rows and domain types.
 
 from __future__ import annotations
 
-import itertools
 from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 
@@ -51,10 +50,16 @@ class TouBandIn(Strict):
     tariff_yuan_per_kwh: float = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> TouBandIn:
-        if self.end_hour <= self.start_hour:
-            raise ValueError("a time-of-use band needs start_hour < end_hour")
+    def _not_empty(self) -> TouBandIn:
+        if self.end_hour % 24 == self.start_hour:
+            raise ValueError("a time-of-use band needs start_hour != end_hour")
         return self
+
+    def hours(self) -> set[int]:
+        """Hours of the day the band covers; 22 -> 6 wraps midnight."""
+        if self.start_hour < self.end_hour:
+            return set(range(self.start_hour, self.end_hour))
+        return set(range(self.start_hour, 24)) | set(range(0, self.end_hour))
 
 
 class SiteIn(Strict):
@@ -70,11 +75,12 @@ class SiteIn(Strict):
     @field_validator("tou_bands")
     @classmethod
     def _no_overlap(cls, bands: list[TouBandIn]) -> list[TouBandIn]:
-        ordered = sorted(bands, key=lambda b: b.start_hour)
-        for before, after in itertools.pairwise(ordered):
-            if after.start_hour < before.end_hour:
+        seen: set[int] = set()
+        for band in bands:
+            if seen & band.hours():
                 raise ValueError("time-of-use bands overlap")
-        return ordered
+            seen |= band.hours()
+        return sorted(bands, key=lambda b: b.start_hour)
 
     @field_validator("rtt_ms")
     @classmethod

@@ -477,8 +477,8 @@ class InventoryService:
             sites=sites, nodes=len(plan.nodes), devices=devices, models=n_models, demands=n_demands
         )
 
-    def export_fleet(self) -> dict[str, Any]:
-        """The inventory as a fleet document (the format ``import_fleet`` reads)."""
+    def export_fleet(self) -> str:
+        """The inventory as fleet-file YAML (what ``cunliang fleet import`` reads back)."""
         with self._db.sessions() as session:
             return fleet_io.export(session, self._clock())
 

@@ -28,10 +28,8 @@ from scheduler.domain import (
     LifecycleState,
     ModelSpec,
     Quant,
-    Site,
-    TouBand,
 )
-from scheduler.inventory.admission import stored_economics
+from scheduler.inventory.admission import stored_economics, to_site
 from scheduler.inventory.demand import model_specs
 from scheduler.inventory.economics import to_economics
 from scheduler.store.inventory import DeviceRow, NodeRow, ProfileRow, SiteRow
@@ -46,18 +44,6 @@ class _Key:
     per_node: int
 
 
-def to_site(row: SiteRow) -> Site:
-    return Site(
-        name=row.name,
-        region=row.region,
-        hub=row.hub,
-        tariff_yuan_per_kwh=row.tariff_yuan_per_kwh,
-        pue=row.pue,
-        tou_bands=tuple(TouBand(**b) for b in row.tou_bands),
-        rtt_ms=dict(row.rtt_ms),
-    )
-
-
 def to_spec(row: Any) -> DeviceSpec:
     """Catalogue figures for the model, overridden by what the inventory knows."""
     base = lookup_device(row.model) or DeviceSpec(model=row.model, kind=DeviceKind(row.kind))
@@ -65,9 +51,14 @@ def to_spec(row: Any) -> DeviceSpec:
     if row.compute_capability:
         major, minor = row.compute_capability.split(".")
         cc = (int(major), int(minor))
+    sockets = row.sockets if row.kind == DeviceKind.CPU else 1
     return replace(
         base,
         kind=DeviceKind(row.kind),
+        # catalogue CPU figures are per socket; bandwidth and TDP are stored as totals
+        fp16_flops=base.fp16_flops * sockets,
+        fp32_flops=base.fp32_flops * sockets,
+        int8_ops=base.int8_ops * sockets,
         vendor=row.vendor or base.vendor,
         memory_bytes=row.memory_bytes,
         memory_bandwidth_bytes_per_s=row.memory_bandwidth_bytes_per_s
@@ -75,8 +66,7 @@ def to_spec(row: Any) -> DeviceSpec:
         tdp_watts=row.tdp_watts or base.tdp_watts,
         compute_capability=cc or base.compute_capability,
         isa_flags=frozenset(row.isa_flags) or base.isa_flags,
-        # a CPU "device" is a socket set: scale per-socket catalogue figures
-        cores=base.cores * row.sockets if row.kind == DeviceKind.CPU else base.cores,
+        cores=base.cores * sockets,
     )
 
 
@@ -86,13 +76,16 @@ def class_id(key: _Key) -> str:
 
 
 def build(
-    session: Session, now: datetime
+    session: Session,
+    now: datetime,
+    states: tuple[LifecycleState, ...] = (LifecycleState.ADMITTED,),
 ) -> tuple[Fleet, tuple[Demand, ...], tuple[ModelSpec, ...]]:
+    """Devices in ``states`` (placement: admitted only) as classes, plus demands and models."""
     sites = {s.id: s for s in session.scalars(select(SiteRow).order_by(SiteRow.name))}
     rows = session.execute(
         select(DeviceRow, NodeRow.host, NodeRow.site_id)
         .join(NodeRow, NodeRow.id == DeviceRow.node_id)
-        .where(DeviceRow.state == str(LifecycleState.ADMITTED))
+        .where(DeviceRow.state.in_([str(s) for s in states]))
         .order_by(NodeRow.host, DeviceRow.slot)
     ).all()
     per_node: dict[tuple[str, str, int], int] = defaultdict(int)
