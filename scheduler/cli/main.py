@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,14 @@ from scheduler.errors import CunliangError
 from scheduler.settings import Settings
 
 # command-group modules, in help order; each has register(subparsers)
-COMMAND_MODULES: tuple[str, ...] = ("scheduler.cli.up",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "scheduler.cli.up",
+    "scheduler.cli.site",
+    "scheduler.cli.node",
+    "scheduler.cli.device",
+    "scheduler.cli.fleet",
+    "scheduler.cli.model",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        # a branch may not ship every command group yet; a missing module is skipped
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
     return parser
 
 
