@@ -8,6 +8,7 @@ ReplicaEndpoint fields. Settings come from the environment (CUNLIANG_*), built h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from scheduler.errors import ConfigError
 from scheduler.gateway.app import create_app
+from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
 from scheduler.settings import Settings
 from scheduler.store.tenancy import session_factory
@@ -34,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replicas", type=Path, required=True, help="JSON list of replicas")
     parser.add_argument("--create-tables", action="store_true", help="create tables (dev)")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--usage-flush-interval-s", type=float, default=0.05, help="WAL to database batching"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     if not settings.admin_token:
@@ -42,11 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn  # the server is an edge dependency of this entry point only
 
     sessions = session_factory(settings.resolved_database_url, create_tables=args.create_tables)
+    config = dataclasses.replace(
+        GatewayConfig.from_settings(settings), usage_flush_interval_s=args.usage_flush_interval_s
+    )
     app = create_app(
         settings,
         TenancyService(sessions),
         ReplicaTable(load_replicas(args.replicas)),
         admin_token=settings.admin_token,
+        config=config,
     )
     uvicorn.run(
         app,

@@ -27,13 +27,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """Replace local ``$ref``s by their definitions (the schema is embedded inline, where
+    pydantic's ``#/$defs/...`` references would not resolve)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 def _body_schema(model: type[ChatCompletionRequest | CompletionRequest]) -> dict[str, Any]:
     # the handler reads the raw body (auth first, then parse, then forward the dict as sent),
     # so the schema is declared for OpenAPI here instead of through a body parameter
+    schema = model.model_json_schema()
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": _inline(schema, schema.get("$defs", {}))}},
         }
     }
 
