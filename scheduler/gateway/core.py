@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 

@@ -128,6 +128,9 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             registry=registry,
         ),
         replicas=Gauge(
-            "cunliang_replicas", "Replicas per model and state.", ("model", "state"), registry=registry
+            "cunliang_replicas",
+            "Replicas per model and state.",
+            ("model", "state"),
+            registry=registry,
         ),
     )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -134,7 +135,7 @@ def insert_usage(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     known = existing_request_ids(session, list(unique))
     fresh = [r for rid, r in unique.items() if rid not in known]
     if fresh:
-        session.execute(UsageRow.__table__.insert(), fresh)
+        session.execute(insert(UsageRow), fresh)
     return len(fresh)
 
 

@@ -158,7 +158,11 @@ class FakeUpstream:
             }
         )
         if chat:  # vLLM opens with an empty assistant-role delta
-            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            role = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": None,
+            }
             await _body(send, event([role]))
         for i in range(n_tokens):
             if b.cut_after_events is not None and i >= b.cut_after_events:
@@ -204,7 +208,10 @@ async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(data)),
+            ],
         }
     )
     await _body(send, data, more=False)

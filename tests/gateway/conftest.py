@@ -54,9 +54,7 @@ class Harness:
     admin: httpx.Client
     clients: list[Any] = field(default_factory=list)
 
-    def tenant(
-        self, name: str, models: tuple[str, ...] = ("*",), **limits: Any
-    ) -> str:
+    def tenant(self, name: str, models: tuple[str, ...] = ("*",), **limits: Any) -> str:
         """Create a tenant and return a fresh API key for it."""
         self.tenancy.create_tenant(name, models, TenantLimits(**limits))
         return self.tenancy.create_key(name).secret
@@ -81,7 +79,10 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
     tenancy = TenancyService(sessions)
     ups = [FakeUpstream(served_model=ENGINE_MODEL), FakeUpstream(served_model=ENGINE_MODEL)]
-    with serve_in_thread(ups[0], lifespan="off") as u0, serve_in_thread(ups[1], lifespan="off") as u1:
+    with (
+        serve_in_thread(ups[0], lifespan="off") as u0,
+        serve_in_thread(ups[1], lifespan="off") as u1,
+    ):
         table = ReplicaTable([replica("r0", u0, yuan_per_hour=2.0), replica("r1", u1)])
         registry = CollectorRegistry()
         settings = Settings(data_dir=tmp_path, max_request_body_bytes=64 * 1024)

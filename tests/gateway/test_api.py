@@ -77,7 +77,9 @@ def test_async_client_concurrent_requests(harness: Harness) -> None:
                     max_tokens=3,
                     stream=True,
                 )
-                return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+                return "".join(
+                    [c.choices[0].delta.content or "" async for c in stream if c.choices]
+                )
 
             return await asyncio.gather(*(one(i) for i in range(20)))
 
@@ -240,9 +242,7 @@ def test_tenant_usage_is_isolated(harness: Harness) -> None:
 
 
 def test_metrics_exposed_with_contract_names(harness: Harness) -> None:
-    harness.openai(harness.tenant("acme")).completions.create(
-        model=MODEL, prompt="x", max_tokens=2
-    )
+    harness.openai(harness.tenant("acme")).completions.create(model=MODEL, prompt="x", max_tokens=2)
     text = harness.http().get("/metrics").text
     assert 'cunliang_requests_total{model="demo",status="200",tenant="acme"} 1.0' in text
     assert "cunliang_completion_tokens_total{" in text

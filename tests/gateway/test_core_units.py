@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,9 @@ def _event(payload: dict[str, object]) -> bytes:
 
 STREAM = (
     _event({"model": "eng", "choices": [{"delta": {"role": "assistant", "content": ""}}]})
-    + b"".join(_event({"model": "eng", "choices": [{"delta": {"content": f"t{i}"}}]}) for i in range(5))
+    + b"".join(
+        _event({"model": "eng", "choices": [{"delta": {"content": f"t{i}"}}]}) for i in range(5)
+    )
     + _event({"model": "eng", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
     + b"data: [DONE]\n\n"
 )
@@ -42,11 +45,13 @@ def test_inspect_block_any_fragmentation(cuts: list[int]) -> None:
         rename = model_rewriter("eng", "public")
         out = b"".join(
             inspect_block(STREAM[a:b], tally, forward_usage=forward_usage, rename=rename)
-            for a, b in zip(bounds, bounds[1:], strict=False)
+            for a, b in itertools.pairwise(bounds)
         )
         assert tally.done and tally.content_events == 5 and tally.pending == b""
         assert tally.usage == {"prompt_tokens": 3, "completion_tokens": 5}
-        assert b'"eng"' not in out and out.count(b'"model": "public"') == (7 if forward_usage else 6)
+        assert b'"eng"' not in out and out.count(b'"model": "public"') == (
+            7 if forward_usage else 6
+        )
         assert (b'"usage"' in out) is forward_usage
         assert out.endswith(b"data: [DONE]\n\n")
 
@@ -81,7 +86,9 @@ def test_least_outstanding_then_cheaper_then_rotation() -> None:
     snap = RoutingSnapshot("m", (a, b, c), {"a": 0, "b": 1, "c": 1})
     assert policy.order(snap)[0] is a
     snap = RoutingSnapshot("m", (a, b, c), {"a": 1, "b": 1, "c": 1}, sequence=0)
-    first = {policy.order(RoutingSnapshot("m", (a, b, c), snap.outstanding, s))[0].id for s in range(4)}
+    first = {
+        policy.order(RoutingSnapshot("m", (a, b, c), snap.outstanding, s))[0].id for s in range(4)
+    }
     assert first == {"b", "c"}  # equal cost and load: rotate, never the dearer one
     assert policy.order(RoutingSnapshot("m", (), {})) == ()
 
@@ -131,7 +138,9 @@ def _record(i: int) -> UsageRecord:
 
 
 def test_wal_replay_after_crash_inserts_once(tmp_path: Path) -> None:
-    tenancy = TenancyService(session_factory(f"sqlite:///{tmp_path / 'db.sqlite'}", create_tables=True))
+    tenancy = TenancyService(
+        session_factory(f"sqlite:///{tmp_path / 'db.sqlite'}", create_tables=True)
+    )
     tenancy.create_tenant("t")
 
     async def crash_after_submit() -> None:

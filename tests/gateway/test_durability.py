@@ -144,5 +144,7 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(timeout=20)
         # a graceful stop flushes and removes every segment
-        leftover = [p for p in (tmp_path / "data" / "usage-wal").glob("usage-*.wal") if p.stat().st_size]
+        leftover = [
+            p for p in (tmp_path / "data" / "usage-wal").glob("usage-*.wal") if p.stat().st_size
+        ]
         assert leftover == []

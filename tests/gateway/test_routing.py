@@ -116,9 +116,7 @@ def test_usage_records_exact_and_unique(harness: Harness) -> None:
         if n % 2:
             client.completions.create(model=MODEL, prompt="a b", max_tokens=n)
         else:
-            list(
-                client.completions.create(model=MODEL, prompt="a b", max_tokens=n, stream=True)
-            )
+            list(client.completions.create(model=MODEL, prompt="a b", max_tokens=n, stream=True))
         expected_completion += n
     rows = usage_rows(harness)
     assert len(rows) == 8 and len({r.request_id for r in rows}) == 8

@@ -46,7 +46,11 @@ def window(
         if until is not None and until <= since:
             raise InvalidInput("'until' must be after 'since'.", param="until")
         return since, until
-    starts = {"day": day_start(now), "month": month_start(now), "all": datetime(1970, 1, 1, tzinfo=UTC)}
+    starts = {
+        "day": day_start(now),
+        "month": month_start(now),
+        "all": datetime(1970, 1, 1, tzinfo=UTC),
+    }
     return starts[period], until
 
 
