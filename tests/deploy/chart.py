@@ -31,9 +31,15 @@ NAMESPACE = "llm"
 # kind -> schema file in tests/data/crds
 CRD_SCHEMAS = {
     ("ray.io/v1", "RayCluster"): "ray.io_v1_raycluster.schema.json",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_servicemonitor.schema.json",
+    (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+    ): "monitoring.coreos.com_v1_servicemonitor.schema.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_v1_podmonitor.schema.json",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.schema.json",
+    (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+    ): "monitoring.coreos.com_v1_prometheusrule.schema.json",
 }
 
 
@@ -65,15 +71,15 @@ def notes(values: dict[str, Any] | None = None) -> str:
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [
-        o
-        for o in objects
-        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
     ]
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     found = find(objects, kind, name)
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[o['metadata']['name'] for o in found]}"
+    assert len(found) == 1, (
+        f"expected one {kind} {name or ''}, got {[o['metadata']['name'] for o in found]}"
+    )
     return found[0]
 
 

@@ -290,7 +290,12 @@ def test_pods_run_non_root_with_read_only_root(
 def test_no_rbac_objects(case: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> None:
     """Nothing of ours calls the Kubernetes API; KubeRay makes the autoscaler's own Role."""
     _, objects = case
-    assert not {o["kind"] for o in objects} & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+    assert not {o["kind"] for o in objects} & {
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+    }
     account = one(objects, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
 

@@ -87,7 +87,11 @@ def test_panels_do_not_overlap() -> None:
         cells: set[tuple[int, int]] = set()
         for panel in _load(path)["panels"]:
             g = panel["gridPos"]
-            mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+            mine = {
+                (x, y)
+                for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])
+            }
             assert not cells & mine, f"{path.name}: {panel['title']} overlaps"
             cells |= mine
 
@@ -115,7 +119,11 @@ def test_every_expression_parses(tmp_path: Path) -> None:
     file = tmp_path / "dashboards.rules.yaml"
     file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run(
-        [promtool(), "check", "rules", str(file)], capture_output=True, text=True, timeout=60, check=False
+        [promtool(), "check", "rules", str(file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout

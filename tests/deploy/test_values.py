@@ -102,7 +102,7 @@ def test_same_device_class_twice_fails_the_render() -> None:
     twin["name"] = "p40-hohhot-bis"
     values["workerGroups"].append(twin)
     chart().validate_schema(values)  # the schema cannot see it: the template does
-    with pytest.raises(helm.HelmRenderError, match="repeats device class \"hohhot/tesla-p40\""):
+    with pytest.raises(helm.HelmRenderError, match='repeats device class "hohhot/tesla-p40"'):
         render(values)
 
 

@@ -44,7 +44,9 @@ def extract(kind: str) -> dict[str, Any]:
     model = getattr(v1, kind)
     schema: dict[str, Any] = model.model_json_schema(by_alias=True, mode="validation")
     _close_objects(schema)
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    schema["required"] = sorted(
+        {*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"}
+    )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$comment": (
