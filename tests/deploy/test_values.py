@@ -117,14 +117,14 @@ def test_lint_reports_bad_values_as_errors() -> None:
 
 
 def test_schema_device_classes_are_the_catalogue() -> None:
-    """The schema's device lists must follow scheduler/catalog: regenerate them when it grows."""
+    """The schema's device lists follow scheduler/catalog (deploy/helm/sync_device_classes.py)."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     by_kind = {
         rule["if"]["properties"]["kind"]["const"]: rule["then"]["properties"]["device"]["enum"]
         for rule in schema["$defs"]["workerGroup"]["allOf"]
     }
     devices = catalog.devices().values()
-    assert by_kind == {
+    assert by_kind == {  # else run: PYTHONPATH=. python deploy/helm/sync_device_classes.py
         "gpu": [_slug(d.model) for d in devices if d.kind == DeviceKind.GPU],
         "cpu": [_slug(d.model) for d in devices if d.kind == DeviceKind.CPU],
     }

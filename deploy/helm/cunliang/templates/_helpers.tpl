@@ -176,3 +176,12 @@ Fails the install with a message naming the offending entries.
 {{- $_ := set $ctx "readOnlyRootFilesystem" .Values.ray.readOnlyRootFilesystem -}}
 {{ toYaml $ctx }}
 {{- end -}}
+
+{{/* A map as a JSON flow mapping with string values ({} when empty): KubeRay's rayStartParams. */}}
+{{- define "cunliang.stringMap" -}}
+{{- $out := dict -}}
+{{- range $k, $v := . -}}
+{{- $_ := set $out $k (toString $v) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
