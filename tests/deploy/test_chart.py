@@ -149,7 +149,7 @@ def test_worker_runs_kuberays_start_and_the_agent_sidecar(
         # the sidecar reuses the pod's raylet through the shared /tmp/ray
         mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
         ray_mounts = {m["mountPath"]: m["name"] for m in ray_container["volumeMounts"]}
-        assert mounts["/tmp/ray"] == ray_mounts["/tmp/ray"] == "ray-tmp"
+        assert mounts["/tmp/ray"] == ray_mounts["/tmp/ray"] == "ray-logs"
 
 
 def test_head_runs_the_scheduler(case: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> None:
@@ -351,3 +351,22 @@ def test_notes_tell_how_to_reach_it_and_get_the_first_key() -> None:
     assert "get secret cunliang-admin" in text
     trial = notes(None)
     assert "port-forward svc/cunliang-gateway 8000:80" in trial
+
+
+def test_client_side_install_dry_run() -> None:
+    """Helm's own install path (schema, kubeVersion, hooks split from the manifest), offline:
+    a client dry run with memory storage and an unreachable API server."""
+    config = helm.Config(
+        storage_driver="memory", namespace=NAMESPACE, kube_apiserver="https://127.0.0.1:1"
+    )
+    with config:
+        release = config.install(
+            CHART, "cunliang", fleet_values(), namespace=NAMESPACE, dry_run="client"
+        )
+    assert release["status"] == "pending-install"
+    manifest = [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
+    kinds = {doc["kind"] for doc in manifest}
+    assert "RayCluster" in kinds and "Deployment" in kinds
+    # the migration Job is a hook, not part of the release's manifest
+    assert "Job" not in kinds
+    assert "cunliang key create acme" in release["notes"]

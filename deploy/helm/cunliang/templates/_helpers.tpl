@@ -92,7 +92,7 @@ app.kubernetes.io/part-of: cunliang
 - name: CUNLIANG_DATA_DIR
   value: /data
 - name: HOME
-  value: /tmp/home
+  value: /tmp
 - name: XDG_CACHE_HOME
   value: /data/cache
 - name: HF_HOME
@@ -152,10 +152,14 @@ Fails the install with a message naming the offending entries.
 {{- end -}}
 {{- end -}}
 
-{{/* Ray containers: /tmp/ray is shared with the sidecars so they attach to this pod's raylet. */}}
+{{/*
+Ray containers: /tmp/ray is shared with the sidecars so they attach to this pod's raylet.
+The volume is named "ray-logs" because that is the name KubeRay looks for when it adds the
+autoscaler: it then mounts this same volume in the autoscaler instead of a second one.
+*/}}
 {{- define "cunliang.rayVolumes" -}}
 {{ include "cunliang.scratchVolumes" . }}
-- name: ray-tmp
+- name: ray-logs
   emptyDir: {}
 - name: shm
   emptyDir:
@@ -165,7 +169,7 @@ Fails the install with a message naming the offending entries.
 
 {{- define "cunliang.rayMounts" -}}
 {{ include "cunliang.scratchMounts" . }}
-- name: ray-tmp
+- name: ray-logs
   mountPath: /tmp/ray
 - name: shm
   mountPath: /dev/shm
