@@ -17,8 +17,10 @@ Ctrl-C / SIGTERM stops the gateway, every replica (engine process groups) and Ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import signal
 import socket
 import sys
 import tempfile
@@ -84,8 +86,20 @@ def run_up(settings: Settings, console: Console | None = None) -> int:
     check_port_free(settings.host, settings.port)
     settings = settings.model_copy(update={"data_dir": data_dir})
     console.step(f"preflight ok: data in {data_dir}, gateway on {settings.host}:{settings.port}")
-    with ExitStack() as cleanup:
-        return _EmbeddedStack(settings, console, cleanup).run()
+    # SIGTERM takes the same clean path as Ctrl-C: unwind the ExitStack, stop engines and Ray
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with ExitStack() as cleanup:
+            return _EmbeddedStack(settings, console, cleanup).run()
+    except KeyboardInterrupt:
+        print("cunliang: interrupted while starting; stopped.", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 class _EmbeddedStack:
@@ -109,7 +123,7 @@ class _EmbeddedStack:
         local = self._register_and_profile(inventory, model_dir, model_name)
         plan = self._plan(inventory, local)
         table, reconciler = self._runtime(plan, local)
-        return self._serve(database, table, reconciler)
+        return self._serve(database, inventory, table, reconciler)
 
     # -- stages -------------------------------------------------------------------------
     def _policy(self) -> Any:
@@ -131,9 +145,8 @@ class _EmbeddedStack:
         return path, self.s.served_model_name
 
     def _register_and_profile(self, inventory: Any, model_dir: Path, model_name: str) -> _Local:
-        from workers.hardware import detect_host
-
         from scheduler.inventory.schemas import NodeIn, SiteIn
+        from workers.hardware import detect_host
 
         host_info = detect_host()
         cpu = host_info.cpu
@@ -158,14 +171,19 @@ class _EmbeddedStack:
         )
         dtype, profile = self._probe(model_dir, cpu)
         result = inventory.add_profile(host, profile, actor="cunliang up")
-        for decision in result.admission:
-            self.c.info(f"admission: {decision.model_dump_json()}")
+        for d in result.admission:
+            figures = d.figures
+            verdict = "admitted" if d.admitted else f"{d.state}: {'; '.join(d.reasons)}"
+            self.c.info(
+                f"admission of {d.device}: {verdict} "
+                f"({figures.get('tokens_per_yuan', 0):,.0f} tokens/yuan, "
+                f"{figures.get('tokens_per_joule', 0):.1f} tokens/J)"
+            )
         return _Local(host, "", model_dir, model_name, dtype)
 
     def _probe(self, model_dir: Path, cpu: Any) -> tuple[str, Any]:
-        from workers.probe import quick_probe
-
         from scheduler.inventory.schemas import ProfileIn
+        from workers.probe import quick_probe
 
         dtypes = ("float32", "bfloat16", "float16") if self.s.dtype == "auto" else (self.s.dtype,)
         self.c.step(f"profile: probing dtypes {', '.join(dtypes)} with the real engine")
@@ -196,8 +214,8 @@ class _EmbeddedStack:
         return quick.chosen_dtype, profile
 
     def _plan(self, inventory: Any, local: _Local) -> Any:
+        from scheduler.catalog import arch_from_hf_config
         from scheduler.domain import Demand, ModelSpec, Quant
-        from scheduler.inventory.demand import arch_from_config
         from scheduler.placement import plan as make_plan
 
         self.c.step("plan: placement over the admitted fleet")
@@ -207,7 +225,7 @@ class _EmbeddedStack:
         spec = ModelSpec(
             name=local.model_name,
             source=str(local.model_dir),
-            arch=arch_from_config(local.model_name, config),
+            arch=arch_from_hf_config(config, local.model_name),
             allowed_quants=(quant,),
         )
         demand = Demand(
@@ -230,11 +248,10 @@ class _EmbeddedStack:
         return plan
 
     def _runtime(self, plan: Any, local: _Local) -> tuple[Any, Any]:
-        from workers.actor import ReplicaActor
-
         from scheduler.gateway.replicas import ReplicaTable
-        from scheduler.runtime.ray_backend import RayLauncher, device_class_resource, init_ray
+        from scheduler.runtime.ray_backend import RayLauncher, device_class_resource
         from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop
+        from workers.actor import ReplicaActor
 
         ray_dir = self.s.ray_temp_dir or Path(tempfile.mkdtemp(prefix="cl-ray-"))
         self.c.step(f"runtime: local Ray head ({ray_dir}), {len(plan.replicas)} replica(s)")
@@ -250,7 +267,6 @@ class _EmbeddedStack:
         loop = ReconcilerLoop(reconciler, interval_s=1.0)
         loop.start()
         self.cleanup.callback(loop.stop)
-        _ = init_ray  # imported for its module's side-effect free check
         self._wait_ready(reconciler)
         return table, reconciler
 
@@ -276,15 +292,15 @@ class _EmbeddedStack:
             fix="see the engine logs under the data dir's logs/ folder.",
         )
 
-    def _serve(self, database: Any, table: Any, reconciler: Any) -> int:
+    def _serve(self, database: Any, inventory: Any, table: Any, reconciler: Any) -> int:
         import uvicorn
 
         from scheduler.gateway.app import create_app
-        from scheduler.inventory.api import inventory_router
+        from scheduler.inventory.router import inventory_router
         from scheduler.tenancy import TenancyService
 
         self.c.step(f"gateway: http://{self.s.host}:{self.s.port}/v1")
-        tenancy = TenancyService(database.sessionmaker)
+        tenancy = TenancyService(database.sessions)
         admin_token = self.s.admin_token or _admin_token(self.s.data_dir)
         api_key = _first_key(tenancy)
         app = create_app(
@@ -292,7 +308,7 @@ class _EmbeddedStack:
             tenancy,
             table,
             admin_token=admin_token,
-            extra_routers=[inventory_router(_inventory_for_api(database), admin_token)],
+            extra_routers=[inventory_router(inventory, admin_token)],
         )
         config = uvicorn.Config(
             app, host=self.s.host, port=self.s.port, log_level="warning", lifespan="on"
@@ -301,7 +317,9 @@ class _EmbeddedStack:
         threading.Thread(
             target=self._announce, args=(server, api_key, admin_token), daemon=True
         ).start()
-        server.run()
+        # uvicorn re-raises the SIGINT/SIGTERM it handled: that is the normal way to stop
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
         if not server.started:
             raise ConfigError(
                 f"the gateway could not listen on {self.s.host}:{self.s.port}.",
@@ -309,6 +327,7 @@ class _EmbeddedStack:
             )
         print("cunliang: stopping replicas and Ray ...", flush=True)
         reconciler.stop_all()
+        print("cunliang: stopped.", flush=True)
         return 0
 
     def _announce(self, server: Any, api_key: str | None, admin_token: str) -> None:
@@ -348,6 +367,7 @@ class _EmbeddedStack:
 # reconciler state -> gateway replica state (failed/stopped replicas are "unhealthy")
 _GATEWAY_STATES = {"ready": "ready", "starting": "starting", "draining": "draining"}
 
+
 class _TableSink:
     """Publishes reconciler statuses into the gateway's replica table."""
 
@@ -384,17 +404,23 @@ def _actor_args(
     settings: Settings, local: _Local
 ) -> Callable[[str, Any], tuple[tuple[Any, ...], dict[str, Any]]]:
     from scheduler.runtime.ray_backend import replica_to_info
+    from workers.engines.vllm_server import VllmConfig
+    from workers.probe import engine_env
 
     def build(replica_id: str, replica: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return (), {
-            "replica_id": replica_id,
-            "replica": replica_to_info(replica),
-            "model_path": str(local.model_dir),
-            "served_model_name": replica.model,
-            "max_model_len": settings.max_model_len,
-            "kv_cache_gib": settings.kv_cache_gib,
-            "log_dir": str(settings.data_dir / "logs"),
+        config = VllmConfig(
+            model=str(local.model_dir),
+            served_model_name=replica.model,
+            quant=replica.quant,
+            dtype=replica.dtype,
+            max_model_len=settings.max_model_len,
+            tensor_parallel_size=replica.tp,
+            kv_cache_gib=settings.kv_cache_gib,
+        )
+        return (replica_id, config, settings.data_dir / "logs"), {
+            "env": engine_env(settings.engine_base_env(), settings.kv_cache_gib),
             "start_timeout_s": settings.engine_start_timeout_s,
+            "metadata": replica_to_info(replica),
         }
 
     return build
@@ -428,15 +454,20 @@ def _hostname() -> str:
 
 
 def _cpu_device_in(cpu: Any) -> Any:
+    from scheduler.domain import DeviceKind
     from scheduler.inventory.schemas import DeviceIn
+    from workers.hardware import cpu_device_spec
 
+    spec = cpu_device_spec(cpu)
     return DeviceIn(
-        model=cpu.model_name[:100] or "cpu",
-        kind="cpu",
-        vendor=cpu.vendor,
-        memory_bytes=cpu.memory_bytes,
-        isa_flags=sorted(cpu.isa_flags),
+        model=spec.model[:100] or "cpu",
+        kind=DeviceKind.CPU,
+        vendor=spec.vendor,
+        memory_bytes=spec.memory_bytes,
+        isa_flags=sorted(spec.isa_flags),
         sockets=max(1, cpu.sockets),
+        tdp_watts=spec.tdp_watts or None,
+        memory_bandwidth_bytes_per_s=spec.memory_bandwidth_bytes_per_s or None,
     )
 
 
@@ -486,12 +517,6 @@ def _first_key(tenancy: Any) -> str | None:
     created = tenancy.create_key(DEFAULT_TENANT, name="first key (cunliang up)")
     secret: str = created.secret
     return secret
-
-
-def _inventory_for_api(database: Any) -> Any:
-    from scheduler.inventory.service import InventoryService
-
-    return InventoryService(database)
 
 
 def _redact(url: str) -> str:

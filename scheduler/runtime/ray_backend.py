@@ -31,7 +31,7 @@ STOP_TIMEOUT_S = 60.0
 
 def device_class_resource(device_class_id: str) -> str:
     """The Ray custom resource a node advertises once per device of a class."""
-    return "dc:" + re.sub(r"[^A-Za-z0-9_.\-/]+", "-", device_class_id)
+    return "device_class:" + device_class_id
 
 
 def init_ray(
