@@ -32,11 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from scheduler.domain import Quant
 from scheduler.errors import ConfigError, EngineError, NoCapacity
 from scheduler.preflight import check_data_dir, check_port_free
 from scheduler.settings import Settings
 
 STEPS = 8
+# engine dtype -> the weight format it serves (what a CPU profile proves)
+_DTYPE_QUANT = {"float32": Quant.FP32, "bfloat16": Quant.BF16, "float16": Quant.FP16}
 DEFAULT_TENANT = "default"
 # demand the embedded stack plans for: one replica's worth, interactive SLO
 DEMO_OUTPUT_TOKENS_PER_S = 1.0
@@ -121,8 +124,8 @@ class _EmbeddedStack:
 
         model_dir, model_name = self._model()
         local = self._register_and_profile(inventory, model_dir, model_name)
-        plan = self._plan(inventory, local)
-        table, reconciler = self._runtime(plan, local)
+        plan, spec = self._plan(inventory, local)
+        table, reconciler = self._runtime(plan, local, spec)
         return self._serve(database, inventory, table, reconciler)
 
     # -- stages -------------------------------------------------------------------------
@@ -209,19 +212,22 @@ class _EmbeddedStack:
         profile = ProfileIn(
             reference_model=self.s.served_model_name,
             output_tokens_per_s=best.decode_tokens_per_s,
+            quants=[
+                _DTYPE_QUANT[p.dtype] for p in quick.probes if p.ok and p.dtype in _DTYPE_QUANT
+            ],
             payload={"dtype_probes": [_probe_json(p) for p in quick.probes]},
         )
         return quick.chosen_dtype, profile
 
-    def _plan(self, inventory: Any, local: _Local) -> Any:
+    def _plan(self, inventory: Any, local: _Local) -> tuple[Any, Any]:
         from scheduler.catalog import arch_from_hf_config
-        from scheduler.domain import Demand, ModelSpec, Quant
+        from scheduler.domain import Demand, ModelSpec
         from scheduler.placement import plan as make_plan
 
         self.c.step("plan: placement over the admitted fleet")
         fleet, _demands, _models = inventory.snapshot()
         config = json.loads((local.model_dir / "config.json").read_text())
-        quant = {"bfloat16": Quant.BF16, "float16": Quant.FP16}.get(local.dtype, Quant.FP32)
+        quant = _DTYPE_QUANT.get(local.dtype, Quant.FP32)
         spec = ModelSpec(
             name=local.model_name,
             source=str(local.model_dir),
@@ -245,10 +251,11 @@ class _EmbeddedStack:
                 f"{r.model} {r.quant} on {r.device_class_id} via {r.engine} "
                 f"({r.yuan_per_hour:.3f} yuan/h, ~{r.predicted_output_tokens_per_s:.0f} tok/s)"
             )
-        return plan
+        return plan, spec
 
-    def _runtime(self, plan: Any, local: _Local) -> tuple[Any, Any]:
+    def _runtime(self, plan: Any, local: _Local, spec: Any) -> tuple[Any, Any]:
         from scheduler.gateway.replicas import ReplicaTable
+        from scheduler.runtime.actors import vllm_actor_args
         from scheduler.runtime.ray_backend import RayLauncher, device_class_resource
         from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop
         from workers.actor import ReplicaActor
@@ -260,8 +267,8 @@ class _EmbeddedStack:
         self.cleanup.callback(_stop_ray)
 
         table = ReplicaTable()
-        launcher = RayLauncher(ReplicaActor, _actor_args(self.s, local))
-        reconciler = Reconciler(launcher, _TableSink(table, local.model_name))
+        launcher = RayLauncher(ReplicaActor, vllm_actor_args(self.s, lambda: {spec.name: spec}))
+        reconciler = Reconciler(launcher, _TableSink(table))
         self.cleanup.callback(reconciler.stop_all)
         reconciler.apply(_with_dtype(plan, local.dtype))
         loop = ReconcilerLoop(reconciler, interval_s=1.0)
@@ -364,66 +371,29 @@ class _EmbeddedStack:
 
 
 # -- helpers ----------------------------------------------------------------------------
-# reconciler state -> gateway replica state (failed/stopped replicas are "unhealthy")
-_GATEWAY_STATES = {"ready": "ready", "starting": "starting", "draining": "draining"}
 
 
 class _TableSink:
-    """Publishes reconciler statuses into the gateway's replica table."""
+    """Publishes reconciler statuses straight into the in-process gateway's replica table."""
 
-    def __init__(self, table: Any, model_name: str) -> None:
+    def __init__(self, table: Any) -> None:
         self.table = table
-        self.model_name = model_name
 
     def publish(self, statuses: Sequence[Any]) -> None:
-        from scheduler.gateway.replicas import ReplicaEndpoint
+        from datetime import UTC, datetime
 
-        self.table.set(
-            ReplicaEndpoint(
-                id=s.id,
-                model=s.replica.model,
-                engine_model=s.replica.model,
-                base_url=s.base_url or "",
-                quant=str(s.replica.quant),
-                device_class=s.replica.device_class_id,
-                site=s.replica.device_class_id.split("/", 1)[0],
-                yuan_per_hour=s.replica.yuan_per_hour,
-                state=_GATEWAY_STATES.get(str(s.state), "unhealthy"),
-            )
-            for s in statuses
-        )
+        from scheduler.gateway.db_directory import endpoint_from_record
+        from scheduler.runtime.publish import records_from_statuses
+
+        now = datetime.now(UTC)
+        records = records_from_statuses(statuses, now)
+        self.table.set(endpoint_from_record(r, now, stale_after_s=float("inf")) for r in records)
 
 
 def _with_dtype(plan: Any, dtype: str) -> Any:
     from dataclasses import replace
 
     return replace(plan, replicas=tuple(replace(r, dtype=dtype) for r in plan.replicas))
-
-
-def _actor_args(
-    settings: Settings, local: _Local
-) -> Callable[[str, Any], tuple[tuple[Any, ...], dict[str, Any]]]:
-    from scheduler.runtime.ray_backend import replica_to_info
-    from workers.engines.vllm_server import VllmConfig
-    from workers.probe import engine_env
-
-    def build(replica_id: str, replica: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        config = VllmConfig(
-            model=str(local.model_dir),
-            served_model_name=replica.model,
-            quant=replica.quant,
-            dtype=replica.dtype,
-            max_model_len=settings.max_model_len,
-            tensor_parallel_size=replica.tp,
-            kv_cache_gib=settings.kv_cache_gib,
-        )
-        return (replica_id, config, settings.data_dir / "logs"), {
-            "env": engine_env(settings.engine_base_env(), settings.kv_cache_gib),
-            "start_timeout_s": settings.engine_start_timeout_s,
-            "metadata": replica_to_info(replica),
-        }
-
-    return build
 
 
 def _start_ray(ray_dir: Path, resources: dict[str, float], num_cpus: int | None) -> None:

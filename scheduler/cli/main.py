@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.cli.plan",
     "scheduler.cli.tenant",
     "scheduler.cli.agent",
+    "scheduler.cli.serve",
 )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import DateTime
 
 import scheduler.store.inventory
 import scheduler.store.models_demand
+import scheduler.store.runtime
 import scheduler.store.tenancy  # noqa: F401  (registers tables on Base)
 from scheduler.store import Base
 from scheduler.store.db import open_database
