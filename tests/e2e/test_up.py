@@ -62,14 +62,17 @@ def test_chat_completion_streaming_with_usage(stack: Stack) -> None:
 
 
 def test_completions_endpoint(stack: Stack) -> None:
-    resp = _client(stack).completions.create(
-        model=MODEL, prompt="The quick brown fox", max_tokens=5, temperature=0
-    )
+    client = _client(stack)
+    args = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 5, "temperature": 0}
+    resp = client.completions.create(**args)  # type: ignore[call-overload]
     assert resp.usage is not None and resp.usage.completion_tokens == 5
-    stream = _client(stack).completions.create(
-        model=MODEL, prompt="The quick brown fox", max_tokens=5, temperature=0, stream=True
-    )
-    assert "".join(c.choices[0].text for c in stream if c.choices)
+    stream = client.completions.create(**args, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    usage = [c.usage for c in chunks if c.usage]
+    assert usage and usage[-1].completion_tokens == 5
+    # greedy decoding: the stream spells out exactly the non-streamed completion
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == resp.choices[0].text
 
 
 def test_unknown_model_is_404_in_openai_format(stack: Stack) -> None:
