@@ -27,13 +27,18 @@ TOKEN = "adm-cl-split-deployment-test"
 _CLI = (sys.executable, "-m", "scheduler.cli.main")
 
 
+def _env(db_url: str) -> dict[str, str]:
+    data_dir = db_url.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    return {**os.environ, "CUNLIANG_ADMIN_TOKEN": TOKEN, "CUNLIANG_DATA_DIR": data_dir}
+
+
 def _cli(db_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [*_CLI, "--database-url", db_url, *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "CUNLIANG_ADMIN_TOKEN": TOKEN},
+        env=_env(db_url),
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -63,7 +68,7 @@ def test_gateway_routes_what_the_scheduler_publishes(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "CUNLIANG_ADMIN_TOKEN": TOKEN},
+            env=_env(db_url),
         )
         try:
             _wait_healthy(gateway_url, gateway)
