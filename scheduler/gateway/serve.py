@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # the gateway is the edge; X-Forwarded-* is not trusted here
     )
     return 0
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from scheduler.gateway.deps import GatewayDep
+from scheduler.gateway.deps import gateway_of
 from scheduler.gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(tags=["inference"])
@@ -58,8 +58,9 @@ def _body_schema(model: type[ChatCompletionRequest | CompletionRequest]) -> dict
     responses=_ERRORS,
     summary="Create a chat completion (OpenAI-compatible)",
 )
-async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
-    return await gateway.handle(request, "/v1/chat/completions", ChatCompletionRequest)
+async def chat_completions(request: Request) -> Response:
+    # no FastAPI dependencies on the hot path: auth and parsing happen inside handle()
+    return await gateway_of(request).handle(request, "/v1/chat/completions", ChatCompletionRequest)
 
 
 @router.post(
@@ -68,5 +69,5 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Response:
     responses=_ERRORS,
     summary="Create a text completion (OpenAI-compatible)",
 )
-async def completions(request: Request, gateway: GatewayDep) -> Response:
-    return await gateway.handle(request, "/v1/completions", CompletionRequest)
+async def completions(request: Request) -> Response:
+    return await gateway_of(request).handle(request, "/v1/completions", CompletionRequest)
