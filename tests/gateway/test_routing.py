@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import openai
@@ -146,3 +147,27 @@ def test_replica_table_contract() -> None:
         table.mark("missing", "ready")
     with pytest.raises(ValueError):
         table.set([r, r])
+
+
+def test_client_disconnect_mid_stream_is_recorded_as_499(harness: Harness) -> None:
+    for u in harness.upstreams:
+        u.behaviour.token_delay_s = 0.05
+    http = harness.http(harness.tenant("acme"))
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 40, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # got the first token; hang up
+    deadline = time.monotonic() + 5
+    rows = usage_rows(harness)
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = usage_rows(harness)
+    assert [(r.status, r.stream) for r in rows] == [(499, True)]
+    assert 1 <= rows[0].completion_tokens < 40  # billed for what was generated and sent
+    metrics = harness.http().get("/metrics").text
+    assert (
+        'cunliang_replica_outstanding_requests{device_class="cpu-test",model="demo",replica="r1",site="local"} 0.0'
+        in metrics
+    )
