@@ -89,4 +89,5 @@ def create_app(
         *extra_routers,
     ):
         app.include_router(router)
+    inference.lean_dispatch(app.router.routes)
     return app

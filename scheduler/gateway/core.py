@@ -14,7 +14,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from scheduler.api.auth import bearer_token
 from scheduler.api.errors import error_response
@@ -49,6 +49,7 @@ from scheduler.gateway.sse import (
     rewrite,
     usage_of_body,
 )
+from scheduler.gateway.streaming import EventStreamResponse
 from scheduler.gateway.upstream import (
     UPSTREAM_CLIENTS,
     UpstreamClient,
@@ -270,9 +271,8 @@ class Gateway:
             else:
                 chunks = upstream.chunks()
                 first = await self._first_events(ex, chunks)
-                return StreamingResponse(
+                return EventStreamResponse(
                     self._relay(ex, upstream, chunks, first),
-                    media_type="text/event-stream",
                     headers={"x-request-id": ex.request_id, "cache-control": "no-cache"},
                 )
         except UpstreamError as exc:
@@ -323,7 +323,7 @@ class Gateway:
         upstream: UpstreamResponse,
         chunks: AsyncIterator[bytes],
         first: bytes,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Forward events; record usage before the last bytes leave; a cut ends in an error
         event, and the tokens streamed so far are still billed."""
         tally = ex.tally
