@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,13 +149,14 @@ def machine() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument(
         "--vllm-router", default="/tmp/vr-venv/bin/vllm-router", help="router binary if any"
     )
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
-    levels = {1: int(500 * scale), 32: int(4000 * scale), 256: int(6000 * scale)}
-    stream_levels = {1: int(200 * scale), 32: int(1500 * scale), 256: int(2000 * scale)}
+    levels = {1: int(300 * scale), 32: int(2000 * scale), 256: int(3000 * scale)}
+    stream_levels = {1: int(150 * scale), 32: int(800 * scale), 256: int(1500 * scale)}
     stream_tokens = 16
 
     tmp = Path(tempfile.mkdtemp(prefix="cl-bench-"))
@@ -246,54 +248,70 @@ def main() -> int:
             except RuntimeError:
                 print("vllm-router did not start; measured without it", file=sys.stderr)
 
-        metrics: dict[str, float] = {}
-        rows: dict[str, dict[str, Run]] = {}
-        for mode, table in (("plain", levels), ("stream", stream_levels)):
-            for c, n in table.items():
-                for name, (url, headers) in targets.items():
-                    kw = {
-                        "stream": mode == "stream",
-                        "max_tokens": stream_tokens if mode == "stream" else 4,
-                        "headers": headers,
-                    }
-                    asyncio.run(load(url, min(200, n), c, **kw))  # warm-up: pools, caches
-                    cpu0 = {k: cpu_s(p.pid) for k, p in pids.items()}
-                    run = asyncio.run(load(url, n, c, **kw))
-                    for k, p in pids.items():
-                        used = cpu_s(p.pid) - cpu0[k]
-                        if k == "upstream" or k == name:
-                            metrics[f"{mode}_c{c}_{name}_{k}_cpu_us_per_request"] = round(
-                                used / max(1, len(run.latencies_s)) * 1e6, 1
-                            )
-                    rows.setdefault(f"{mode}_c{c}", {})[name] = run
-                    tag = f"{mode}_c{c}_{name}"
-                    metrics[f"{tag}_p50_ms"] = round(run.pct(50) * 1000, 3)
-                    metrics[f"{tag}_p99_ms"] = round(run.pct(99) * 1000, 3)
-                    metrics[f"{tag}_requests_per_s"] = round(run.rps, 1)
-                    metrics[f"{tag}_errors"] = run.errors
-                    if mode == "stream" and run.ttft_s:
-                        metrics[f"{tag}_ttft_p50_ms"] = round(run.pct(50, run.ttft_s) * 1000, 3)
-                    print(
-                        f"{tag}: n={len(run.latencies_s)} p50={run.pct(50) * 1000:.2f}ms p99={run.pct(99) * 1000:.2f}ms rps={run.rps:.0f} err={run.errors}",
-                        file=sys.stderr,
-                    )
-                for name in targets:
-                    if name == "direct":
-                        continue
-                    d, g = rows[f"{mode}_c{c}"]["direct"], rows[f"{mode}_c{c}"][name]
-                    tag = f"{mode}_c{c}_{name}"
-                    metrics[f"{tag}_added_p50_ms"] = round((g.pct(50) - d.pct(50)) * 1000, 3)
-                    metrics[f"{tag}_added_p99_ms"] = round((g.pct(99) - d.pct(99)) * 1000, 3)
-                    metrics[f"{tag}_throughput_ratio"] = round(g.rps / d.rps, 3) if d.rps else 0.0
-                    if mode == "stream":
-                        metrics[f"{tag}_added_per_token_p50_ms"] = round(
-                            (g.pct(50) - d.pct(50)) * 1000 / stream_tokens, 4
+        # samples[(mode, c, target)][stat] = one value per round; rounds interleave targets
+        # so background load on the shared machine hits them alike; medians are reported
+        samples: dict[tuple[str, int, str], dict[str, list[float]]] = {}
+        for round_no in range(args.rounds):
+            for mode, table in (("plain", levels), ("stream", stream_levels)):
+                for c, n in table.items():
+                    for name, (url, headers) in targets.items():
+                        kw: dict[str, Any] = {
+                            "stream": mode == "stream",
+                            "max_tokens": stream_tokens if mode == "stream" else 4,
+                            "headers": headers,
+                        }
+                        asyncio.run(load(url, min(200, n), c, **kw))  # warm-up: pools, caches
+                        cpu0 = {k: cpu_s(p.pid) for k, p in pids.items()}
+                        run = asyncio.run(load(url, n, c, **kw))
+                        done = max(1, len(run.latencies_s))
+                        cpu = {k: (cpu_s(p.pid) - cpu0[k]) / done * 1e6 for k, p in pids.items()}
+                        stats = samples.setdefault((mode, c, name), {})
+                        for stat, value in (
+                            ("p50_ms", run.pct(50) * 1000),
+                            ("p99_ms", run.pct(99) * 1000),
+                            ("requests_per_s", run.rps),
+                            ("errors", float(run.errors)),
+                            ("ttft_p50_ms", run.pct(50, run.ttft_s) * 1000 if run.ttft_s else 0),
+                            ("upstream_cpu_us_per_request", cpu["upstream"]),
+                            ("proxy_cpu_us_per_request", cpu.get(name, 0.0)),
+                        ):
+                            stats.setdefault(stat, []).append(value)
+                        print(
+                            f"round {round_no} {mode} c={c} {name}: n={len(run.latencies_s)} "
+                            f"p50={run.pct(50) * 1000:.2f}ms p99={run.pct(99) * 1000:.2f}ms "
+                            f"rps={run.rps:.0f} err={run.errors}",
+                            file=sys.stderr,
                         )
+        metrics: dict[str, float] = {}
+        med: dict[tuple[str, int, str], dict[str, float]] = {
+            key: {stat: statistics.median(v) for stat, v in stats.items()}
+            for key, stats in samples.items()
+        }
+        for (mode, c, name), stats in med.items():
+            for stat, value in stats.items():
+                if stat == "ttft_p50_ms" and mode != "stream":
+                    continue
+                if stat == "proxy_cpu_us_per_request" and name == "direct":
+                    continue
+                metrics[f"{mode}_c{c}_{name}_{stat}"] = round(value, 3)
+            if name == "direct":
+                continue
+            d = med[(mode, c, "direct")]
+            tag = f"{mode}_c{c}_{name}"
+            metrics[f"{tag}_added_p50_ms"] = round(stats["p50_ms"] - d["p50_ms"], 3)
+            metrics[f"{tag}_added_p99_ms"] = round(stats["p99_ms"] - d["p99_ms"], 3)
+            metrics[f"{tag}_throughput_ratio"] = round(
+                stats["requests_per_s"] / d["requests_per_s"], 3
+            )
+            if mode == "stream":
+                metrics[f"{tag}_added_per_token_p50_ms"] = round(
+                    (stats["p50_ms"] - d["p50_ms"]) / stream_tokens, 4
+                )
         metrics["max_direct_requests_per_s"] = round(
-            max(rows[f"plain_c{c}"]["direct"].rps for c in levels), 1
+            max(med[("plain", c, "direct")]["requests_per_s"] for c in levels), 1
         )
         metrics["max_gateway_requests_per_s"] = round(
-            max(rows[f"plain_c{c}"]["gateway"].rps for c in levels), 1
+            max(med[("plain", c, "gateway")]["requests_per_s"] for c in levels), 1
         )
         metrics["max_throughput_ratio"] = round(
             metrics["max_gateway_requests_per_s"] / metrics["max_direct_requests_per_s"], 3
@@ -319,6 +337,9 @@ def main() -> int:
             "upstream": "tests/fakes/openai_upstream.py (instant)",
             "baseline": "direct to the same upstream, same load generator, same run",
             "quick": args.quick,
+            "rounds": args.rounds,
+            "statistic": "median over rounds of each round's p50/p99/throughput/CPU",
+            "load_average_1m_at_end": os.getloadavg()[0],
         },
         "metrics": metrics,
     }
@@ -331,7 +352,8 @@ def main() -> int:
         f"{m['plain_c1_gateway_added_p50_ms']}/{m['plain_c1_gateway_added_p99_ms']} ms; c=32: "
         f"{m['plain_c32_gateway_added_p50_ms']}/{m['plain_c32_gateway_added_p99_ms']} ms; c=256: "
         f"{m['plain_c256_gateway_added_p50_ms']}/{m['plain_c256_gateway_added_p99_ms']} ms; "
-        f"per streamed token c=32: {m['stream_c32_gateway_added_per_token_p50_ms']} ms | "
+        f"per streamed token c=32: {m['stream_c32_gateway_added_per_token_p50_ms']} ms; "
+        f"gateway CPU {m['plain_c32_gateway_proxy_cpu_us_per_request']:.0f} µs/request | "
         f"max {m['max_gateway_requests_per_s']} req/s vs direct {m['max_direct_requests_per_s']} "
         f"({m['max_throughput_ratio']:.0%}) | `python bench/gateway.py` |"
     )

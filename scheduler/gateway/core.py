@@ -245,6 +245,7 @@ class Gateway:
                 response = await self._attempt(ex, replica, path, body)
             except _RetryElsewhere as retry:
                 self._detach(ex)
+                ex.tally, ex.first_token_s = StreamTally(), None  # nothing of it was sent
                 failure = f"{replica.id}: {retry}"
                 continue
             return response
