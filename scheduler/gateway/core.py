@@ -330,13 +330,13 @@ class Gateway:
         tally = ex.tally
         try:
             if tally.done:
-                self.finish(ex, 200)
+                self.finish(ex, 502 if tally.error else 200)
             yield first
             async for chunk in chunks:
                 out = inspect_block(chunk, tally, forward_usage=ex.want_usage, rename=ex.rename)
                 self._note_first_token(ex)
-                if tally.done:
-                    self.finish(ex, 200)
+                if tally.done:  # an engine error event mid-stream still ends with [DONE]
+                    self.finish(ex, 502 if tally.error else 200)
                 if out:
                     yield out
             if not tally.done:
