@@ -17,6 +17,7 @@ from scheduler.gateway.replicas import ReplicaDirectory
 from scheduler.gateway.routes import health, inference, models, usage
 from scheduler.gateway.routes.admin import admin_router
 from scheduler.gateway.routing import POLICIES
+from scheduler.gateway.upstream import UPSTREAM_CLIENTS
 from scheduler.observability.metrics import create_metrics
 from scheduler.settings import Settings
 from scheduler.tenancy import TenancyService
@@ -46,6 +47,11 @@ def create_app(
         raise ConfigError(
             f"Unknown routing policy {config.routing_policy!r}.",
             fix=f"use one of {sorted(POLICIES)}.",
+        )
+    if config.upstream_client not in UPSTREAM_CLIENTS:
+        raise ConfigError(
+            f"Unknown upstream client {config.upstream_client!r}.",
+            fix=f"use one of {sorted(UPSTREAM_CLIENTS)}.",
         )
     registry = registry if registry is not None else CollectorRegistry()
     gateway = Gateway(
@@ -83,4 +89,5 @@ def create_app(
         *extra_routers,
     ):
         app.include_router(router)
+    inference.lean_dispatch(app.router.routes)
     return app

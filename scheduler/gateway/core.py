@@ -1,7 +1,7 @@
 """The gateway's request path: authenticate, admit, route, forward, meter.
 
 ``Gateway`` holds the per-app state (no module globals): replica load, admission, the usage
-writer, metrics and the one pooled ``httpx.AsyncClient``. One ``Exchange`` follows each
+writer, metrics and the one pooled upstream HTTP client. One ``Exchange`` follows each
 request; ``finish`` closes it exactly once (usage record, metrics, load and permit release),
 whatever path the request took.
 """
@@ -14,17 +14,16 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from scheduler.api.auth import bearer_token
 from scheduler.api.errors import error_response
@@ -50,11 +49,18 @@ from scheduler.gateway.sse import (
     rewrite,
     usage_of_body,
 )
+from scheduler.gateway.streaming import EventStreamResponse
+from scheduler.gateway.upstream import (
+    UPSTREAM_CLIENTS,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamLimits,
+    UpstreamResponse,
+)
 from scheduler.observability.metrics import Metrics
 from scheduler.tenancy import Principal, TenancyService, UsageRecord
 
 UNKNOWN_LABEL = "unknown"  # metric label for unknown models / unauthenticated callers
-_JSON_HEADERS = {"content-type": "application/json"}
 
 
 @dataclass
@@ -108,7 +114,7 @@ class Gateway:
             flush_interval_s=config.usage_flush_interval_s,
             fsync=config.usage_fsync,
         )
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
         self._sequence = itertools.count()
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -116,17 +122,12 @@ class Gateway:
     async def startup(self) -> None:
         await asyncio.to_thread(self.writer.open)
         await self.writer.start()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=self.config.connect_timeout_s,
-                read=self.config.read_timeout_s,
-                write=self.config.read_timeout_s,
-                pool=self.config.connect_timeout_s,
-            ),
-            limits=httpx.Limits(
+        self._client = UPSTREAM_CLIENTS[self.config.upstream_client](
+            UpstreamLimits(
+                connect_timeout_s=self.config.connect_timeout_s,
+                read_timeout_s=self.config.read_timeout_s,
                 max_connections=self.config.max_upstream_connections,
-                max_keepalive_connections=self.config.max_upstream_connections,
-            ),
+            )
         )
 
     async def shutdown(self) -> None:
@@ -135,7 +136,7 @@ class Gateway:
             await self._client.aclose()
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> UpstreamClient:
         if self._client is None:
             raise RuntimeError("gateway not started (lifespan not run)")
         return self._client
@@ -244,6 +245,7 @@ class Gateway:
                 response = await self._attempt(ex, replica, path, body)
             except _RetryElsewhere as retry:
                 self._detach(ex)
+                ex.tally, ex.first_token_s = StreamTally(), None  # nothing of it was sent
                 failure = f"{replica.id}: {retry}"
                 continue
             return response
@@ -257,36 +259,30 @@ class Gateway:
         self, ex: Exchange, replica: ReplicaEndpoint, path: str, body: dict[str, Any]
     ) -> Response:
         """One try on one replica. Raises _RetryElsewhere while nothing reached the client."""
-        request = self.client.build_request(
-            "POST",
-            replica.base_url + path,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-            headers=_JSON_HEADERS,
-        )
+        payload = json.dumps(body, separators=(",", ":")).encode()
         try:
-            upstream = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _RetryElsewhere(type(exc).__name__) from exc
+            upstream = await self.client.post(replica.base_url + path, payload)
+        except UpstreamError as exc:
+            raise _RetryElsewhere(str(exc)) from exc
         try:
             if upstream.status_code >= 500:
                 raise _RetryElsewhere(f"HTTP {upstream.status_code}")
             if upstream.status_code >= 400 or not ex.stream:
-                content = await upstream.aread()
+                content = await upstream.read()
             else:
-                chunks = upstream.aiter_raw()
+                chunks = upstream.chunks()
                 first = await self._first_events(ex, chunks)
-                return StreamingResponse(
+                return EventStreamResponse(
                     self._relay(ex, upstream, chunks, first),
-                    media_type="text/event-stream",
                     headers={"x-request-id": ex.request_id, "cache-control": "no-cache"},
                 )
-        except httpx.HTTPError as exc:
-            await upstream.aclose()
-            raise _RetryElsewhere(type(exc).__name__) from exc
+        except UpstreamError as exc:
+            await upstream.close()
+            raise _RetryElsewhere(str(exc)) from exc
         except BaseException:
-            await upstream.aclose()
+            await upstream.close()
             raise
-        await upstream.aclose()
+        await upstream.close()
         if upstream.status_code >= 400:
             return self._upstream_error(ex, upstream.status_code, content)
         return self._complete(ex, content)
@@ -325,34 +321,34 @@ class Gateway:
     async def _relay(
         self,
         ex: Exchange,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         chunks: AsyncIterator[bytes],
         first: bytes,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Forward events; record usage before the last bytes leave; a cut ends in an error
         event, and the tokens streamed so far are still billed."""
         tally = ex.tally
         try:
             if tally.done:
-                self.finish(ex, 200)
+                self.finish(ex, 502 if tally.error else 200)
             yield first
             async for chunk in chunks:
                 out = inspect_block(chunk, tally, forward_usage=ex.want_usage, rename=ex.rename)
                 self._note_first_token(ex)
-                if tally.done:
-                    self.finish(ex, 200)
+                if tally.done:  # an engine error event mid-stream still ends with [DONE]
+                    self.finish(ex, 502 if tally.error else 200)
                 if out:
                     yield out
             if not tally.done:
                 self.finish(ex, 502)
                 yield error_event("The engine closed the stream before it finished.")
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             self.finish(ex, 502)
-            yield error_event(f"The engine connection failed mid-stream ({type(exc).__name__}).")
+            yield error_event(f"The engine connection failed mid-stream ({exc}).")
         finally:
             self.finish(ex, 499)  # no-op unless the client went away first
             with contextlib.suppress(BaseException):
-                await upstream.aclose()
+                await upstream.close()
 
     # ---- metering ----------------------------------------------------------------------
 

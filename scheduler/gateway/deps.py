@@ -10,9 +10,14 @@ from scheduler.gateway.core import Gateway
 from scheduler.tenancy import Principal
 
 
-def get_gateway(request: Request) -> Gateway:
+def gateway_of(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+async def get_gateway(request: Request) -> Gateway:
+    # async: a sync dependency would cost a thread-pool hop per request
+    return gateway_of(request)
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

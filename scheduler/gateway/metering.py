@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ class UsageSink(Protocol):
 
 
 def encode(record: UsageRecord) -> bytes:
-    data = asdict(record)
+    data = dict(vars(record))  # flat record of scalars: no need for asdict's deep copy
     data["created_at"] = record.created_at.isoformat()
     return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 

@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--usage-flush-interval-s", type=float, default=0.05, help="WAL to database batching"
     )
+    parser.add_argument("--upstream-client", default="aiohttp", choices=("aiohttp", "httpx"))
     args = parser.parse_args(argv)
     settings = Settings()
     if not settings.admin_token:
@@ -48,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sessions = session_factory(settings.resolved_database_url, create_tables=args.create_tables)
     config = dataclasses.replace(
-        GatewayConfig.from_settings(settings), usage_flush_interval_s=args.usage_flush_interval_s
+        GatewayConfig.from_settings(settings),
+        usage_flush_interval_s=args.usage_flush_interval_s,
+        upstream_client=args.upstream_client,
     )
     app = create_app(
         settings,
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # the gateway is the edge; X-Forwarded-* is not trusted here
     )
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,13 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
+def upstream_client() -> str:
+    """Which gateway.upstream client the app uses; tests parametrize it to cover both."""
+    return "aiohttp"
+
+
+@pytest.fixture
+def harness(tmp_path: Path, upstream_client: str) -> Iterator[Harness]:
     sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
     tenancy = TenancyService(sessions)
     ups = [FakeUpstream(served_model=ENGINE_MODEL), FakeUpstream(served_model=ENGINE_MODEL)]
@@ -86,7 +93,9 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         table = ReplicaTable([replica("r0", u0, yuan_per_hour=2.0), replica("r1", u1)])
         registry = CollectorRegistry()
         settings = Settings(data_dir=tmp_path, max_request_body_bytes=64 * 1024)
-        config = GatewayConfig.from_settings(settings)
+        config = dataclasses.replace(
+            GatewayConfig.from_settings(settings), upstream_client=upstream_client
+        )
         app = create_app(settings, tenancy, table, registry, admin_token=ADMIN_TOKEN, config=config)
         with serve_in_thread(app) as url:
             admin = httpx.Client(

@@ -269,3 +269,13 @@ def test_unknown_path_and_method_are_openai_errors(harness: Harness) -> None:
     wrong = http.get("/v1/chat/completions")
     assert wrong.status_code == 405 and "error" in wrong.json()
     assert json.loads(http.get("/v1/models/nope").text)["error"]["code"] == "model_not_found"
+
+
+def test_yuan_budget_429(harness: Harness) -> None:
+    # any request costs > 0 yuan (busy share x 1-2 yuan/h), so a tiny budget allows one
+    http = harness.http(harness.tenant("thrifty", daily_yuan_budget=1e-12))
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+    assert http.post("/v1/completions", json=body).status_code == 200
+    over = http.post("/v1/completions", json=body)
+    assert over.status_code == 429 and "daily yuan budget" in over.json()["error"]["message"]
+    assert int(over.headers["retry-after"]) >= 1

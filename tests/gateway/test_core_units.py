@@ -161,3 +161,39 @@ def test_wal_replay_after_crash_inserts_once(tmp_path: Path) -> None:
     summary = tenancy.usage_summary("t", datetime(2025, 1, 1, tzinfo=UTC))
     assert summary.by_model[0].requests == 5
     assert summary.by_model[0].completion_tokens == sum(range(5))
+
+
+class FlakySink:
+    """A usage sink whose database is down for the first ``failures`` flushes."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.stored: dict[str, UsageRecord] = {}
+
+    def record_usage(self, records: list[UsageRecord]) -> int:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("database is down")
+        new = [r for r in records if r.request_id not in self.stored]
+        self.stored.update((r.request_id, r) for r in new)
+        return len(new)
+
+
+def test_writer_keeps_records_in_the_wal_while_the_database_is_down(tmp_path: Path) -> None:
+    sink = FlakySink(failures=2)
+
+    async def run() -> None:
+        writer = UsageWriter(sink, tmp_path / "wal", flush_interval_s=0.01)
+        writer.open()
+        await writer.start()
+        for i in range(10):
+            writer.submit(_record(i))
+        for _ in range(200):
+            if len(sink.stored) == 10:
+                break
+            await asyncio.sleep(0.01)
+        await writer.stop()
+
+    asyncio.run(run())
+    assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(10))
+    assert not [p for p in (tmp_path / "wal").glob("usage-*.wal") if p.stat().st_size]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import openai
@@ -21,6 +22,7 @@ def usage_rows(h: Harness) -> list[UsageRow]:
         return list(session.scalars(select(UsageRow).order_by(UsageRow.id)))
 
 
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
 def test_retry_before_first_byte_goes_to_other_replica(harness: Harness) -> None:
     client = harness.openai(harness.tenant("acme"))
     cheap = harness.upstreams[1]  # r1 is cheaper, so it is tried first
@@ -37,6 +39,7 @@ def test_retry_before_first_byte_goes_to_other_replica(harness: Harness) -> None
     ]
 
 
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
 def test_connect_error_fails_over_and_all_failing_is_503(harness: Harness) -> None:
     dead = replica("dead", f"http://127.0.0.1:{free_port()}", yuan_per_hour=0.1)
     harness.table.set([dead, *harness.table.replicas()])
@@ -51,6 +54,7 @@ def test_connect_error_fails_over_and_all_failing_is_503(harness: Harness) -> No
     assert statuses == [200, 503]
 
 
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
 def test_mid_stream_cut_sends_error_event_and_bills_streamed_tokens(harness: Harness) -> None:
     for u in harness.upstreams:
         u.behaviour.cut_after_events = 3
@@ -109,6 +113,7 @@ def test_least_outstanding_spreads_concurrent_load(harness: Harness) -> None:
     assert served[0] == 6 and served[1] == 6
 
 
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
 def test_usage_records_exact_and_unique(harness: Harness) -> None:
     client = harness.openai(harness.tenant("acme"))
     expected_completion = 0
@@ -142,3 +147,27 @@ def test_replica_table_contract() -> None:
         table.mark("missing", "ready")
     with pytest.raises(ValueError):
         table.set([r, r])
+
+
+def test_client_disconnect_mid_stream_is_recorded_as_499(harness: Harness) -> None:
+    for u in harness.upstreams:
+        u.behaviour.token_delay_s = 0.05
+    http = harness.http(harness.tenant("acme"))
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 40, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # got the first token; hang up
+    deadline = time.monotonic() + 5
+    rows = usage_rows(harness)
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = usage_rows(harness)
+    assert [(r.status, r.stream) for r in rows] == [(499, True)]
+    assert 1 <= rows[0].completion_tokens < 40  # billed for what was generated and sent
+    metrics = harness.http().get("/metrics").text
+    assert (
+        'cunliang_replica_outstanding_requests{device_class="cpu-test",model="demo",replica="r1",site="local"} 0.0'
+        in metrics
+    )
