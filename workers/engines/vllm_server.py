@@ -24,7 +24,14 @@ import httpx
 
 from scheduler.domain import DeviceKind, Quant
 from scheduler.errors import EngineError
-from workers.proc import die_with_parent, group_members, kill_group, tail
+from workers.proc import (
+    group_members,
+    kill_group,
+    supervised,
+    tail,
+    terminate_with_parent,
+    with_workers_path,
+)
 
 # vLLM's --quantization names per cunliang weight format; None = the checkpoint decides
 _QUANT_ARG: dict[Quant, str | None] = {
@@ -187,13 +194,14 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                argv,
+                # the supervisor ends engine core and workers too when this process dies
+                supervised(argv, grace_s=10.0),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=vllm_env(self.config, self._env),
+                env=with_workers_path(vllm_env(self.config, self._env)),
                 start_new_session=True,  # own group: stop() kills engine core and workers too
-                preexec_fn=die_with_parent,
+                preexec_fn=terminate_with_parent,
             )
         self._started_at = time.monotonic()
         self._wait_healthy()
