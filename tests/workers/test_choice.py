@@ -63,3 +63,9 @@ def test_cpu_gguf_goes_to_llama_cpp_and_unknown_gpu_capability_is_refused() -> N
 def test_cpu_without_avx2_is_refused() -> None:
     old = DeviceSpec("Xeon E5-2670", DeviceKind.CPU, isa_flags=frozenset({"avx", "sse4_2"}))
     assert not choose_engine(old, Quant.FP32).ok
+
+
+def test_proven_quants_reads_dtype_names_and_quant_values() -> None:
+    proven = proven_quants(["float32", "bfloat16", "int8-w8a8", "fp8-future"])
+    assert proven == {Quant.FP32, Quant.BF16, Quant.INT8_W8A8}
+    assert choose_engine(EPYC, Quant.INT8_W8A8, proven=proven).engine is Engine.VLLM_CPU
