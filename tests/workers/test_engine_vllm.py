@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +10,9 @@ import pytest
 from openai import OpenAI
 
 from scheduler.errors import EngineError
+from workers.actor import as_ray_actor
 from workers.engines.base import Engine
-from workers.engines.vllm_server import VllmConfig, VllmServer
+from workers.engines.vllm_server import VllmConfig, VllmServer, http_health
 from workers.proc import group_members
 
 pytestmark = pytest.mark.engine
@@ -68,41 +65,33 @@ def test_start_failure_raises_engine_error_with_log_tail(tmp_path: Path) -> None
     not_a_model.mkdir()
     config = VllmConfig(model=str(not_a_model), served_model_name="x", dtype="float32")
     server = VllmServer(config, tmp_path / "bad.log", env=ENV, start_timeout_s=120)
-    with pytest.raises(EngineError, match="exited with status") as info:
+    with pytest.raises(EngineError, match="exited while starting") as info:
         server.start()
     assert "log tail" in str(info.value) and str(tmp_path / "bad.log") in str(info.value)
+    assert "command exited with status 1" in str(info.value)
     assert server.pid is not None and group_members(server.pid) == []
 
 
-ACTOR_SCRIPT = """
-import json, sys, time
-from pathlib import Path
-from workers.actor import ReplicaActor
-from workers.engines.vllm_server import VllmConfig
-config = VllmConfig(model=sys.argv[1], served_model_name="demo", dtype="float32")
-actor = ReplicaActor("demo-r0", config, Path(sys.argv[2]), env=json.loads(sys.argv[3]))
-url = actor.start()
-print(json.dumps({"url": url, "pid": actor.info()["pid"]}), flush=True)
-time.sleep(600)
-"""
+def test_ray_kill_of_the_actor_takes_its_engine_down(demo_model: Path, tmp_path: Path) -> None:
+    import ray
 
-
-def test_engine_dies_when_its_actor_process_is_sigkilled(demo_model: Path, tmp_path: Path) -> None:
     root = str(Path(__file__).resolve().parents[2])
-    actor = subprocess.Popen(
-        [sys.executable, "-c", ACTOR_SCRIPT, str(demo_model), str(tmp_path), json.dumps(ENV)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**ENV, "PYTHONPATH": root},
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root}},
     )
     try:
-        assert actor.stdout is not None
-        started = json.loads(actor.stdout.readline())
-        engine_pgid = started["pid"]
+        actor_class = as_ray_actor(ray, num_cpus=0)
+        config = VllmConfig(model=str(demo_model), served_model_name="demo", dtype="float32")
+        actor = actor_class.remote("demo-r0", config, tmp_path, env=ENV)
+        base_url = ray.get(actor.start.remote(), timeout=240)
+        info = ray.get(actor.info.remote())
+        assert info["base_url"] == base_url and http_health(base_url)
+        engine_pgid = info["pid"]
         assert len(group_members(engine_pgid)) >= 2
-        actor.send_signal(signal.SIGKILL)  # no Python cleanup can run: the kernel must act
-        actor.wait(timeout=10)
+        ray.kill(actor)  # SIGKILLs the actor's worker process: no Python cleanup runs there
         assert _wait_gone(engine_pgid, within_s=30) == []
     finally:
-        if actor.poll() is None:
-            actor.kill()
+        ray.shutdown()
