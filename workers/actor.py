@@ -73,7 +73,7 @@ class ReplicaActor:
         """Engine state; ``healthy`` is True only while it answers its health check."""
         state = self._engine.health()
         healthy = state.get("state") == "ready"
-        error = None if healthy else f"engine {state.get('state')} (rc={state.get('returncode')})"
+        error = None if healthy else f"engine {state.get('state')}; log: {self.log_path}"
         return {"replica_id": self.replica_id, "healthy": healthy, "error": error, **state}
 
     def info(self) -> dict[str, Any]:

@@ -354,6 +354,7 @@ def quick_probe(
         report("cached", 1.0)
         return hit
     base_env = dict(env if env is not None else os.environ)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     matmuls: list[MatmulProbe] = []
     probes: list[DtypeProbe] = []
@@ -367,7 +368,15 @@ def quick_probe(
             probes.append(DtypeProbe(dtype, ok=False, error=f"torch matmul failed: {mm.error}"))
             continue
         probes.append(
-            probe_engine(model_dir, dtype, batches=QUICK_BATCHES, timeout_s=timeout_s, env=base_env)
+            probe_engine(
+                model_dir,
+                dtype,
+                batches=QUICK_BATCHES,
+                timeout_s=timeout_s,
+                env=base_env,
+                # kept for the operator: why a dtype failed is in its engine log
+                log_path=cache_dir / f"dtype-probe-{key}-{dtype}.log",
+            )
         )
     result = QuickProbe(
         fingerprint=key,

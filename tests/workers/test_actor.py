@@ -56,12 +56,12 @@ def _actor(tmp_path: Path) -> tuple[ReplicaActor, RecordingEngine]:
 def test_actor_drives_its_engine_and_reports(tmp_path: Path) -> None:
     actor, engine = _actor(tmp_path)
     assert isinstance(engine, Engine)
-    assert actor.health() == {
-        "replica_id": "qwen/bf16/cpu-a/tp1#0",
-        "state": "not started",
-        "pid": None,
-    }
+    before = actor.health()
+    assert before["replica_id"] == "qwen/bf16/cpu-a/tp1#0" and not before["healthy"]
+    assert before["state"] == "not started" and before["error"]
     assert actor.start() == "http://127.0.0.1:9"
+    assert actor.start() == "http://127.0.0.1:9"  # idempotent: one engine
+    assert actor.health()["healthy"] and actor.health()["error"] is None
     info = actor.info()
     assert info["base_url"] == "http://127.0.0.1:9" and info["pid"] == 4242
     assert info["config"]["dtype"] == "bfloat16" and info["config"]["device"] == "cpu"

@@ -38,3 +38,5 @@ def test_quick_agent_probes_float32_for_real_then_reads_the_cache(
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["notes"] == ["dtype probe from cache"]
     assert second["engine"] == first["engine"] and second["fingerprint"] == first["fingerprint"]
+    logs = list((demo_data_dir / "probes").glob("dtype-probe-*-float32.log"))
+    assert logs and "Starting to load model" in logs[0].read_text()
