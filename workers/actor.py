@@ -5,15 +5,12 @@ actor with ``as_ray_actor(ray)`` (``ray.remote`` applied by the caller). The eng
 never outlives the actor:
 
 * ``stop()`` kills the engine's process group (SIGTERM, then SIGKILL);
-* an ``atexit`` hook and a SIGTERM handler do the same when the actor exits normally
-  or is told to terminate;
-* the engine is started with ``PR_SET_PDEATHSIG`` so the kernel kills it when the actor
-  process is SIGKILLed (``ray.kill``, OOM killer), where no Python code runs. vLLM's own
-  engine-core and worker processes watch their parent and exit after it.
-
-PDEATHSIG fires when the *thread* that forked the engine ends; Ray runs a synchronous
-actor's methods on one long-lived thread, so call ``start`` from the actor, not from a
-short-lived helper thread.
+* an ``atexit`` hook, ``__del__`` and a SIGTERM handler do the same when the actor
+  exits normally or is told to terminate;
+* when the actor process is SIGKILLed (``ray.kill``, the OOM killer), where no Python
+  code runs, the engine's supervisor (:mod:`workers.supervise`, detached so the
+  raylet's SIGKILL of a dead worker's children misses it) sees its owner's pid end
+  within half a second and ends the whole group: API server, engine core, workers.
 """
 
 from __future__ import annotations
@@ -76,7 +73,7 @@ class ReplicaActor:
         """Engine state; ``healthy`` is True only while it answers its health check."""
         state = self._engine.health()
         healthy = state.get("state") == "ready"
-        error = None if healthy else f"engine {state.get('state')} (rc={state.get('returncode')})"
+        error = None if healthy else f"engine {state.get('state')}; log: {self.log_path}"
         return {"replica_id": self.replica_id, "healthy": healthy, "error": error, **state}
 
     def info(self) -> dict[str, Any]:

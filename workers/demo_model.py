@@ -330,7 +330,7 @@ def _build_weights(params: LlamaParams, out_dir: Path, bos_id: int, eos_ids: lis
     generation_cls(bos_token_id=bos_id, eos_token_id=eos_ids).save_pretrained(str(out_dir))
 
 
-def _file_hashes(directory: Path) -> dict[str, str]:
+def file_hashes(directory: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.name != MANIFEST:
@@ -408,7 +408,7 @@ def generate_llama(
         report("weights", 0.3)
         _build_weights(params, tmp, bos_id, eos_ids)
         report("manifest", 0.9)
-        files = _file_hashes(tmp)
+        files = file_hashes(tmp)
         manifest = {
             "params": asdict(params),
             "files": files,

@@ -29,7 +29,13 @@ from typing import Any
 from workers.demo_model import manifest_digest
 from workers.hardware import CpuInfo
 from workers.probe_child import RESULT_MARKER
-from workers.proc import die_with_parent, kill_group, signal_name
+from workers.proc import (
+    kill_group,
+    signal_name,
+    supervised,
+    terminate_with_parent,
+    with_workers_path,
+)
 
 Progress = Callable[[str, float], None]
 
@@ -81,7 +87,7 @@ def run_child(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
 ) -> ChildResult:
-    """Run ``argv`` in a new process group; kill the whole group when done or timed out.
+    """Run ``argv`` supervised in a new process group; kill the group when done or timed out.
 
     Output (stdout + stderr) goes to ``log_path`` (a temp file when None); the last line
     starting with ``RESULT_MARKER`` is parsed as the result.
@@ -95,13 +101,13 @@ def run_child(
     timed_out = False
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            list(argv),
+            supervised(argv, grace_s=5.0),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None,
+            env=with_workers_path(env if env is not None else os.environ),
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=terminate_with_parent,
         )
         try:
             proc.wait(timeout=timeout_s)
@@ -239,20 +245,12 @@ def engine_env(base: Mapping[str, str], kv_cache_gib: int = 1) -> dict[str, str]
     return env
 
 
-def child_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The child must import ``workers`` from where this process did."""
-    env = dict(base)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def probe_matmul(
     dtype: str, *, timeout_s: float = 60.0, seconds: float = 0.5, env: Mapping[str, str]
 ) -> MatmulProbe:
     argv = [sys.executable, "-m", "workers.probe_child", "matmul", "--dtype", dtype]
     argv += ["--seconds", str(seconds)]
-    return interpret_matmul(dtype, run_child(argv, timeout_s=timeout_s, env=child_env(env)))
+    return interpret_matmul(dtype, run_child(argv, timeout_s=timeout_s, env=env))
 
 
 def probe_engine(
@@ -269,7 +267,7 @@ def probe_engine(
     argv = [sys.executable, "-m", "workers.probe_child", "engine", "--model", str(model_dir)]
     argv += ["--dtype", dtype, "--batches", ",".join(map(str, batches))]
     argv += ["--decode-tokens", str(decode_tokens)]
-    child = run_child(argv, timeout_s=timeout_s, env=child_env(engine_env(env)), log_path=log_path)
+    child = run_child(argv, timeout_s=timeout_s, env=engine_env(env), log_path=log_path)
     return interpret_engine(dtype, child)
 
 
@@ -356,6 +354,7 @@ def quick_probe(
         report("cached", 1.0)
         return hit
     base_env = dict(env if env is not None else os.environ)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     matmuls: list[MatmulProbe] = []
     probes: list[DtypeProbe] = []
@@ -369,7 +368,15 @@ def quick_probe(
             probes.append(DtypeProbe(dtype, ok=False, error=f"torch matmul failed: {mm.error}"))
             continue
         probes.append(
-            probe_engine(model_dir, dtype, batches=QUICK_BATCHES, timeout_s=timeout_s, env=base_env)
+            probe_engine(
+                model_dir,
+                dtype,
+                batches=QUICK_BATCHES,
+                timeout_s=timeout_s,
+                env=base_env,
+                # kept for the operator: why a dtype failed is in its engine log
+                log_path=cache_dir / f"dtype-probe-{key}-{dtype}.log",
+            )
         )
     result = QuickProbe(
         fingerprint=key,

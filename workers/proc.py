@@ -2,8 +2,9 @@
 
 Every engine or probe runs in its own session (process group) so one ``killpg`` ends it
 and all its helpers (vLLM spawns an engine core and workers). ``PR_SET_PDEATHSIG`` makes
-the kernel SIGKILL the direct child when the process that started it dies, even by
-SIGKILL, where no Python handler can run.
+the kernel signal the direct child when the process that started it dies, even by
+SIGKILL, where no Python handler can run; that child is :mod:`workers.supervise`, which
+then ends the whole group (vLLM's helpers do not follow their parent on their own).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import contextlib
 import ctypes
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -27,15 +30,42 @@ def _libc_prctl() -> Callable[..., int] | None:
     return prctl
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: ask the kernel to SIGKILL this process when its parent dies.
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """``preexec_fn``: ask the kernel to send ``sig`` to this process when its parent dies.
 
     Linux only; a no-op elsewhere. Runs in the child between fork and exec, so it must
-    not allocate locks or start threads (ctypes call only).
+    not allocate locks or start threads (ctypes call only). The setting survives exec.
     """
     prctl = _libc_prctl()
     if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def terminate_with_parent() -> None:
+    """``preexec_fn`` for :mod:`workers.supervise`: SIGTERM it when the launcher dies."""
+    die_with_parent(signal.SIGTERM)
+
+
+def supervised(argv: Sequence[str], *, grace_s: float = 10.0, detach: bool = False) -> list[str]:
+    """``argv`` run under :mod:`workers.supervise`, which ends its whole group with it.
+
+    Launch the result with ``start_new_session=True``, ``preexec_fn=terminate_with_parent``
+    and an environment from :func:`with_workers_path`. The group id is the launched pid.
+    ``detach`` survives Ray's SIGKILL of a dead actor's direct children (see supervise).
+    """
+    head = [sys.executable, "-m", "workers.supervise", "--grace", str(grace_s)]
+    head += ["--watch", str(os.getpid())]
+    if detach:
+        head.append("--detach")
+    return [*head, "--", *argv]
+
+
+def with_workers_path(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this checkout on PYTHONPATH, so children import ``workers`` from here."""
+    out = dict(env)
+    root = str(Path(__file__).resolve().parent.parent)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (root, out.get("PYTHONPATH", "")) if p)
+    return out
 
 
 def group_alive(pgid: int) -> bool:

@@ -3,7 +3,8 @@
 ``full_profile`` is what ``cunliang agent`` runs: host detection, memory bandwidth
 (numpy copy), torch matmul FLOP/s per dtype (each in a subprocess, so SIGILL costs one
 probe), and a real vLLM benchmark on the reference (demo) model at batch 1, 8 and 32 for
-every dtype torch could run. ``quick_profile`` is what ``cunliang up`` needs: host + the
+every dtype torch could run, then for its int8 W8A8 variant (compressed-tensors, made
+by :mod:`workers.quantize`) with activations in the fastest dtype. ``quick_profile`` is what ``cunliang up`` needs: host + the
 cached dtype probe. Both return a :class:`MachineProfile` whose ``to_json()`` is what
 the inventory stores as a profile.
 """
@@ -31,15 +32,12 @@ from workers.probe import (
     probe_matmul,
     quick_probe,
 )
+from workers.quantize import make_w8a8
 
 Progress = Callable[[str, float], None]
 
 PROFILE_SCHEMA = 1
 FULL_BATCHES: tuple[int, ...] = (1, 8, 32)
-
-# int8 W8A8 needs a compressed-tensors checkpoint of the reference model; none is built
-# yet, so the profile says so instead of guessing a rate.
-INT8_NOTE = "int8 W8A8 not measured: no compressed-tensors variant of the reference model"
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,8 @@ class MachineProfile:
     matmul: tuple[MatmulProbe, ...]
     engine: tuple[DtypeProbe, ...]
     chosen_dtype: str | None
+    # the reference model as compressed-tensors int8 W8A8, activations in chosen_dtype
+    int8_w8a8: DtypeProbe | None = None
     notes: tuple[str, ...] = ()
     schema: int = PROFILE_SCHEMA
 
@@ -136,7 +136,7 @@ def full_profile(
         matmuls.append(probe_matmul(dtype, env=base_env))
     probes: list[DtypeProbe] = []
     for i, (dtype, mm) in enumerate(zip(dtypes, matmuls, strict=True)):
-        report(f"vllm {dtype} batch {','.join(map(str, batches))}", 0.1 + 0.9 * i / len(dtypes))
+        report(f"vllm {dtype} batch {','.join(map(str, batches))}", 0.1 + 0.8 * i / len(dtypes))
         if not mm.ok:
             probes.append(DtypeProbe(dtype, ok=False, error=f"torch matmul failed: {mm.error}"))
             continue
@@ -150,6 +150,21 @@ def full_profile(
                 env=base_env,
             )
         )
+    chosen = choose_dtype(probes)
+    int8: DtypeProbe | None = None
+    notes: tuple[str, ...] = ("int8 W8A8 not measured: no dtype works",)
+    if chosen is not None:
+        report(f"vllm int8-w8a8 ({chosen} activations)", 0.9)
+        variant = make_w8a8(model, model.parent / f"{model.name}-w8a8")
+        int8 = probe_engine(
+            variant,
+            chosen,
+            batches=batches,
+            decode_tokens=decode_tokens,
+            timeout_s=timeout_s,
+            env=base_env,
+        )
+        notes = ()
     report("done", 1.0)
     return MachineProfile(
         kind="full",
@@ -163,8 +178,9 @@ def full_profile(
         memory_bandwidth_bytes_per_s=bandwidth,
         matmul=tuple(matmuls),
         engine=tuple(probes),
-        chosen_dtype=choose_dtype(probes),
-        notes=(INT8_NOTE,),
+        chosen_dtype=chosen,
+        int8_w8a8=int8,
+        notes=notes,
     )
 
 
@@ -212,14 +228,23 @@ def quick_profile(
 _DTYPE_QUANT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
+def proven_quant_names(profile: MachineProfile) -> list[str]:
+    """``scheduler.domain.Quant`` values this profile proved to run (fp32, bf16, int8-w8a8...)."""
+    names = [_DTYPE_QUANT[d] for d in profile.working_dtypes if d in _DTYPE_QUANT]
+    if profile.int8_w8a8 is not None and profile.int8_w8a8.ok:
+        names.append("int8-w8a8")
+    return names
+
+
 def profile_post_body(profile: MachineProfile) -> dict[str, Any]:
     """The inventory's ``ProfileIn`` body: key figures typed, the whole profile as payload.
 
     ``output_tokens_per_s`` is the best decode rate over dtypes and batch sizes; the CPU
     is device slot ``len(gpus)`` (GPUs first, as ``hardware.device_specs`` orders them).
     """
+    measured = [*profile.engine, *([profile.int8_w8a8] if profile.int8_w8a8 else [])]
     best = max(
-        (row.decode_tokens_per_s for p in profile.engine if p.ok for row in p.rows),
+        (row.decode_tokens_per_s for p in measured if p.ok for row in p.rows),
         default=0.0,
     )
     watts = profile.host.cpu_power.watts
@@ -229,7 +254,7 @@ def profile_post_body(profile: MachineProfile) -> dict[str, Any]:
         "output_tokens_per_s": best,
         "watts": watts,
         "measured_at": profile.measured_at,
-        "quants": [_DTYPE_QUANT[d] for d in profile.working_dtypes if d in _DTYPE_QUANT],
+        "quants": proven_quant_names(profile),
         "devices": [{"slot": cpu_slot, "output_tokens_per_s": best, "watts": watts}]
         if best > 0
         else [],

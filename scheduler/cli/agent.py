@@ -90,6 +90,17 @@ def _summary(profile: Any) -> str:
                 f"prefill {row.prefill_tokens_per_s:9.0f} tok/s, "
                 f"decode {row.decode_tokens_per_s:8.0f} tok/s"
             )
+    int8 = profile.int8_w8a8
+    if int8 is not None and int8.ok:
+        for row in int8.rows:
+            lines.append(
+                f"vllm int8-w8a8 ({int8.dtype}) batch {row.batch:3d}: "
+                f"prefill {row.prefill_tokens_per_s:9.0f} tok/s, "
+                f"decode {row.decode_tokens_per_s:8.0f} tok/s"
+            )
+    elif int8 is not None:
+        lines.append(f"vllm int8-w8a8 unsupported: {int8.error}")
+    lines.extend(f"note: {note}" for note in profile.notes)
     lines.append(f"chosen dtype: {profile.chosen_dtype}; took {profile.duration_s:.0f} s")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ advertises avx512_bf16 and amx_bf16).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from scheduler.domain import DeviceKind, DeviceSpec, Engine, Quant
@@ -105,6 +106,15 @@ DTYPE_QUANT: dict[str, Quant] = {
 }
 
 
-def proven_quants(working_dtypes: tuple[str, ...]) -> frozenset[Quant]:
-    """Formats a CPU profile proved: its working vLLM dtypes as Quant values."""
-    return frozenset(DTYPE_QUANT[d] for d in working_dtypes if d in DTYPE_QUANT)
+def proven_quants(names: Iterable[str]) -> frozenset[Quant]:
+    """Formats a CPU profile proved, from vLLM dtype names or Quant values.
+
+    ``("float32", "bfloat16", "int8-w8a8")`` -> {FP32, BF16, INT8_W8A8}; unknown names
+    are ignored (a newer agent may report formats this version does not know).
+    """
+    values = {q.value for q in Quant}
+    return frozenset(
+        DTYPE_QUANT[n] if n in DTYPE_QUANT else Quant(n)
+        for n in names
+        if n in DTYPE_QUANT or n in values
+    )

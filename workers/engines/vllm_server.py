@@ -10,7 +10,6 @@ and kills the whole group on ``stop``.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import sys
@@ -24,7 +23,14 @@ import httpx
 
 from scheduler.domain import DeviceKind, Quant
 from scheduler.errors import EngineError
-from workers.proc import die_with_parent, group_members, kill_group, tail
+from workers.proc import (
+    group_members,
+    kill_group,
+    supervised,
+    tail,
+    terminate_with_parent,
+    with_workers_path,
+)
 
 # vLLM's --quantization names per cunliang weight format; None = the checkpoint decides
 _QUANT_ARG: dict[Quant, str | None] = {
@@ -144,7 +150,11 @@ def http_health(base_url: str) -> bool:
 
 
 class VllmServer:
-    """A vLLM OpenAI server process owned by this object (implements ``Engine``)."""
+    """A vLLM OpenAI server process group owned by this object (implements ``Engine``).
+
+    The server runs under a detached :mod:`workers.supervise`, so it and vLLM's helpers
+    end when this process ends, however it ends. The group id (``pid``) identifies it.
+    """
 
     def __init__(
         self,
@@ -163,7 +173,7 @@ class VllmServer:
         self._health_check = health_check
         self._python = python
         self._port = config.port
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._pgid: int | None = None
         self._started_at: float | None = None
         self._stopped = False
 
@@ -173,7 +183,8 @@ class VllmServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """Process group id of the engine (the supervisor's launcher pid)."""
+        return self._pgid
 
     def command(self) -> list[str]:
         port = self._port or free_port(self.config.host)
@@ -181,34 +192,36 @@ class VllmServer:
         return vllm_command(_with_port(self.config, port), self._python)
 
     def start(self) -> str:
-        if self._proc is not None:
+        if self._pgid is not None:
             raise EngineError("engine already started", fix="stop() it before starting again")
         argv = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv,
+            launcher = subprocess.Popen(
+                supervised(argv, grace_s=10.0, detach=True),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=vllm_env(self.config, self._env),
+                env=with_workers_path(vllm_env(self.config, self._env)),
                 start_new_session=True,  # own group: stop() kills engine core and workers too
-                preexec_fn=die_with_parent,
+                preexec_fn=terminate_with_parent,
             )
+        self._pgid = launcher.pid
+        launcher.wait()  # exits at once, leaving the detached supervisor in its group
         self._started_at = time.monotonic()
         self._wait_healthy()
         return self.base_url
 
+    def _alive(self) -> bool:
+        return self._pgid is not None and bool(group_members(self._pgid))
+
     def _wait_healthy(self) -> None:
-        assert self._proc is not None
         deadline = time.monotonic() + self._start_timeout_s
         while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
+            if not self._alive():
                 self.stop()
                 raise EngineError(
-                    f"vLLM server exited with status {code} while starting; log tail:\n"
-                    + tail(self.log_path, 2000),
+                    "vLLM server exited while starting; log tail:\n" + tail(self.log_path, 2000),
                     fix=f"read {self.log_path}",
                 )
             if self._health_check(self.base_url):
@@ -222,26 +235,20 @@ class VllmServer:
         )
 
     def ready(self) -> bool:
-        return (
-            self._proc is not None
-            and self._proc.poll() is None
-            and self._health_check(self.base_url)
-        )
+        return self._alive() and self._health_check(self.base_url)
 
     def health(self) -> dict[str, Any]:
-        code = self._proc.poll() if self._proc is not None else None
         if self._stopped:
             state = "stopped"
-        elif self._proc is None:
+        elif self._pgid is None:
             state = "not started"
-        elif code is not None:
+        elif not self._alive():
             state = "exited"
         else:
             state = "ready" if self._health_check(self.base_url) else "unhealthy"
         return {
             "state": state,
             "pid": self.pid,
-            "returncode": code,
             "base_url": self.base_url,
             "model": self.config.served_model_name,
             "uptime_s": time.monotonic() - self._started_at if self._started_at else 0.0,
@@ -249,16 +256,14 @@ class VllmServer:
         }
 
     def stop(self, grace_s: float = 10.0) -> None:
-        if self._proc is None or self._stopped:
+        if self._pgid is None or self._stopped:
             return
         self._stopped = True
-        kill_group(self._proc.pid, grace_s=grace_s)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=5.0)
+        kill_group(self._pgid, grace_s=grace_s)
 
     def group_members(self) -> list[int]:
         """Live processes of the engine's group (empty once stopped)."""
-        return group_members(self._proc.pid) if self._proc is not None else []
+        return group_members(self._pgid) if self._pgid is not None else []
 
 
 def _with_port(config: VllmConfig, port: int) -> VllmConfig:
