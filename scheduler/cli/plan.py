@@ -1,6 +1,7 @@
 """`cunliang plan` and `cunliang predict`: what-if placement and single-replica predictions.
 
-    cunliang plan --fleet FILE [--demand FILE] [--cost marginal|full] [--margin 0.85] [--json]
+    cunliang plan --fleet FILE [--demand FILE] [--cost marginal|full] [--margin 0.85]
+                  [--hour 0-23] [--json]
     cunliang predict --device "Tesla T4" --model qwen2.5-7b-instruct --quant int4-awq
                      --batch 8 --prompt 1024 --output 256 [--tp 1] [--model-config config.json]
                      [--tpot-ms 100 --ttft-ms 2000] [--json]
@@ -269,9 +270,13 @@ def render(report: PlanReport) -> str:
 def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     ff = load_fleet_file(Path(args.fleet))
     demands = load_demand_file(Path(args.demand), ff.models) if args.demand else ff.demands
-    policy = PlacementPolicy(cost_basis=CostBasis(args.cost), slo_margin=args.margin)
     if not 0 < args.margin <= 1:
         raise InvalidInput(f"--margin must be in (0, 1], got {args.margin}")
+    if args.hour is not None and not 0 <= args.hour <= 23:
+        raise InvalidInput(f"--hour must be 0-23, got {args.hour}")
+    policy = PlacementPolicy(
+        cost_basis=CostBasis(args.cost), slo_margin=args.margin, hour=args.hour
+    )
     report = plan_report(ff.fleet, demands, ff.models, policy)
     print(json.dumps(report_json(report), indent=2) if args.json else render(report))
     return 0
@@ -368,6 +373,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--demand", help="demand file (default: the demand in the fleet file)")
     p.add_argument("--cost", choices=[b.value for b in CostBasis], default="marginal")
     p.add_argument("--margin", type=float, default=0.85, help="plan on this share of predictions")
+    p.add_argument("--hour", type=int, help="price power at this hour's time-of-use tariff")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plan)
 

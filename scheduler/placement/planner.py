@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from scheduler.cost import CostBasis
-from scheduler.domain import Demand, Fleet, ModelSpec, Plan, PlanStatus
+from scheduler.domain import Demand, Fleet, ModelSpec, Plan
 from scheduler.placement import baselines
 from scheduler.placement.assemble import build_plan, served_share
 from scheduler.placement.candidates import Candidate, CandidateSet, PerfCache, build_candidates
@@ -42,7 +42,11 @@ BASELINES: tuple[Strategy, ...] = (
 
 @dataclass(frozen=True)
 class PlacementPolicy:
-    """How to plan. Defaults: marginal cost, plan on 85% of predicted throughput."""
+    """How to plan. Defaults: marginal cost, plan on 85% of predicted throughput.
+
+    A plan is reported OPTIMAL when HiGHS proves it within ``mip_rel_gap`` (the gap
+    reached is in ``Plan.mip_gap``), FEASIBLE when the time limit stopped it earlier.
+    """
 
     cost_basis: CostBasis = CostBasis.MARGINAL
     # plan on this fraction of the predicted SLO throughput, so a perf model that is
@@ -182,7 +186,3 @@ def robustness(
         random_worst=min(shares, default=1.0),
         trials=trials,
     )
-
-
-def is_complete(result: Plan) -> bool:
-    return result.status in (PlanStatus.OPTIMAL, PlanStatus.FEASIBLE)

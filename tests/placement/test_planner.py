@@ -22,6 +22,7 @@ from scheduler.domain import (
     PlanStatus,
     Quant,
     Site,
+    TouBand,
 )
 from scheduler.fleetfile import FleetFile
 from scheduler.placement import (
@@ -176,3 +177,14 @@ def test_unknown_model_in_demand_is_reported_not_raised(reference: FleetFile) ->
 def test_every_strategy_returns_a_plan_on_an_empty_fleet(strategy: Strategy) -> None:
     result = plan(Fleet((), ()), [Demand("m", 5.0)], {}, PlacementPolicy(strategy=strategy))
     assert result.status is PlanStatus.INFEASIBLE and result.unplaced
+
+
+def test_time_of_use_hour_changes_the_price(reference: FleetFile) -> None:
+    bands = (TouBand(8, 22, 1.2), TouBand(22, 8, 0.2))
+    sites = {s.name: replace(s, tou_bands=bands) for s in reference.fleet.sites}
+    classes = tuple(replace(c, site=sites[c.site.name]) for c in reference.fleet.classes)
+    fleet = Fleet(tuple(sites.values()), classes)
+    night = plan(fleet, reference.demands, reference.models, PlacementPolicy(hour=3))
+    day = plan(fleet, reference.demands, reference.models, PlacementPolicy(hour=12))
+    assert night.status is day.status is PlanStatus.OPTIMAL
+    assert night.yuan_per_hour < day.yuan_per_hour
