@@ -16,7 +16,7 @@ from scheduler.errors import InvalidInput
 from scheduler.inventory.service import InventoryService
 from scheduler.inventory.usage import SqlUsageSource
 from scheduler.settings import Settings
-from scheduler.store.db import open_database, upgrade
+from scheduler.store.db import ensure_schema, open_database
 
 
 @contextmanager
@@ -26,7 +26,7 @@ def inventory(settings: Settings) -> Iterator[InventoryService]:
     No runtime is attached on the CLI: retiring needs ``--replicas-moved`` from the operator.
     """
     url = settings.resolved_database_url
-    upgrade(url)
+    ensure_schema(url)
     db = open_database(url)
     try:
         yield InventoryService(db, usage=SqlUsageSource(db))

@@ -92,7 +92,7 @@ class InventoryService:
         return SiteOut(**site.model_dump())
 
     def list_sites(self) -> list[SiteOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             nodes = dict(
                 session.execute(
                     select(NodeRow.site_id, func.count()).group_by(NodeRow.site_id)
@@ -112,7 +112,7 @@ class InventoryService:
         """Sites ranked by tokens/yuan over the window (东数西算 hub roll-up)."""
         now = self._clock()
         window = assessment.window_of(self.policy, window_hours)
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return assessment.site_report(session, self._usage, now, window)
 
     def site_action(
@@ -230,7 +230,7 @@ class InventoryService:
         return len(rows)
 
     def list_nodes(self, site: str | None = None, state: str | None = None) -> list[NodeOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             query = select(NodeRow, SiteRow.name).join(SiteRow, SiteRow.id == NodeRow.site_id)
             if site:
                 query = query.where(SiteRow.name == site)
@@ -246,7 +246,7 @@ class InventoryService:
         return [n for n in out if state is None or state in n.states]
 
     def get_node(self, host: str, audit_limit: int = 50) -> NodeDetail:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             node, site_name = _node(session, host)
             devices = self._devices(session, DeviceRow.node_id == node.id)
             states = dict(Counter(str(d.state) for d in devices))
@@ -401,7 +401,7 @@ class InventoryService:
             conditions.append(DeviceRow.kind == kind)
         if host:
             conditions.append(NodeRow.host == host)
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return self._devices(session, *conditions, limit=limit)
 
     def _devices(
@@ -420,16 +420,19 @@ class InventoryService:
     def audit(
         self, subject_kind: str | None = None, subject: str | None = None, limit: int = 100
     ) -> list[AuditOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return _audit(session, subject_kind, subject, limit)
 
     # ── assessment, models, demand, snapshot, fleet files ───────────────────────
     def assess(self, actor: str = "assessment", window_hours: float | None = None) -> AssessmentOut:
         """One periodic 准入/退出 pass over every device (set-based, one transaction)."""
         window = assessment.window_of(self.policy, window_hours)
+        now = self._clock()
+        # read usage before taking the write lock: it may be a slow query on a big table
+        by_node = dict(self._usage.completion_tokens_by_node(now - window, now))
         with self._db.sessions.begin() as session:
             return assessment.assess_all(
-                session, self.policy, self._usage, self._replicas, self._clock(), window, actor
+                session, self.policy, by_node, self._replicas, now, window, actor
             )
 
     def add_model(self, model: ModelIn, actor: str) -> ModelOut:
@@ -440,7 +443,7 @@ class InventoryService:
             raise Conflict(f"Model {model.name!r} already exists.") from exc
 
     def list_models(self) -> list[ModelOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return demand.list_models(session)
 
     def set_demand(self, model: str, body: DemandIn, actor: str) -> DemandOut:
@@ -455,7 +458,7 @@ class InventoryService:
     def snapshot(self) -> tuple[Fleet, tuple[Demand, ...], tuple[ModelSpec, ...]]:
         """What the placement optimiser needs: admitted devices aggregated into classes
         (identical devices at one site, ``node_ids`` = hosts), demands and models."""
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return snapshot.build(session, self._clock())
 
     def import_fleet(
@@ -479,7 +482,7 @@ class InventoryService:
 
     def export_fleet(self) -> str:
         """The inventory as fleet-file YAML (what ``cunliang fleet import`` reads back)."""
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return fleet_io.export(session, self._clock())
 
     # ── internals ────────────────────────────────────────────────────────────────
