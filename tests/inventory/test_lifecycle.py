@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -42,7 +43,7 @@ def figures(**overrides: object) -> AdmissionFigures:
 
 def test_the_documented_path_is_legal() -> None:
     path = [S.REGISTERED, S.PROBATION, S.ADMITTED, S.DRAINING, S.RETIRED, S.PROBATION]
-    for current, target in zip(path, path[1:], strict=False):
+    for current, target in itertools.pairwise(path):
         check_transition("d", current, target)
 
 
