@@ -308,6 +308,31 @@ class InventoryService:
             unchanged=len(devices) - len(draining) - len(others),
         )
 
+    def set_ray_node(self, host: str, ray_node_id: str | None, actor: str) -> NodeOut:
+        """Record the Ray node id of a host when it joins the cluster (None: it left)."""
+        now = self._clock()
+        with self._db.sessions.begin() as session:
+            node, site_name = _node(session, host, lock=True)
+            before, node.ray_node_id = node.ray_node_id, ray_node_id
+            write_audit(
+                session,
+                [
+                    audit_row(
+                        now,
+                        "node",
+                        host,
+                        "join" if ray_node_id else "leave",
+                        actor,
+                        reason=f"ray node {ray_node_id or before or '-'}",
+                    )
+                ],
+            )
+            session.flush()
+            states = Counter(
+                d["state"] for d in _device_states(session, DeviceRow.node_id == node.id)
+            )
+            return _node_out(node, site_name, dict(states))
+
     def record_health(self, host: str, health: HealthIn, actor: str) -> NodeOut:
         """Count consecutive health failures; quarantine the node's devices at the limit."""
         now = self._clock()

@@ -160,3 +160,38 @@ def test_fleet_import_models_and_demand(capsys: pytest.CaptureFixture[str], tmp_
     assert "hohhot" in out
     out, _ = run(capsys, tmp_path, "node", "list", "--site", "beijing")
     assert "beijing-a100-pcie-80gb-80g-0001" in out
+
+
+def test_policy_file_changes_admission(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    strict = tmp_path / "policy.yaml"
+    strict.write_text("min_tokens_per_yuan: 1.0e9\ngrace_period_days: 1\n")
+    out, _ = run(capsys, tmp_path, "fleet", "policy", "--policy", str(strict))
+    assert "min_tokens_per_yuan: 1000000000.0" in out and "grace_period_days: 1.0" in out
+    run(
+        capsys,
+        tmp_path,
+        "site",
+        "add",
+        "s",
+        "--region",
+        "r",
+        "--tariff-yuan-per-kwh",
+        "0.4",
+        "--pue",
+        "1.2",
+    )
+    run(capsys, tmp_path, "node", "register", "n1", "--site", "s", "--device", "A10:2")
+    profile = tmp_path / "p.json"
+    profile.write_text(
+        json.dumps(
+            {"reference_model": "qwen2.5-0.5b-instruct", "output_tokens_per_s": 1500, "watts": 400}
+        )
+    )
+    out, _ = run(capsys, tmp_path, "node", "profile", "n1", str(profile), "--policy", str(strict))
+    assert "n1/0: refused" in out and "tokens/yuan" in out
+    out, _ = run(capsys, tmp_path, "node", "profile", "n1", str(profile))  # default policy
+    assert "n1/0: admitted" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_site_pue: 0.5\n")
+    _, err = run(capsys, tmp_path, "fleet", "assess", "--policy", str(bad), code=2)
+    assert "max_site_pue" in err
