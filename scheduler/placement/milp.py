@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -107,18 +108,34 @@ def solve_milp(
 
     # (C4 regions, memory, engine support and the SLO are enforced by the candidate filters.)
     cost = np.array([c.yuan_per_hour for c in cands], dtype=float)
-    big_m = unserved_penalty(cands)
-    objective = np.concatenate([cost, np.full(n_u, big_m), np.full(n_y, churn_penalty_yuan)])
-    upper = [c.device_class.count // c.tp for c in cands] + [math.inf] * (n_u + n_y)
-    integrality = np.concatenate([np.ones(n_x), np.zeros(n_u + n_y)])
+    upper = np.array([c.device_class.count // c.tp for c in cands] + [math.inf] * (n_u + n_y))
     matrix = coo_matrix((vals, (rows, cols)), shape=(len(lo), n)).tocsr()
-    res = milp(
-        objective,
-        integrality=integrality,
-        bounds=Bounds(np.zeros(n), np.array(upper, dtype=float)),
-        constraints=LinearConstraint(matrix, np.array(lo), np.array(hi)),
-        options={"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "disp": False},
-    )
+    problem = _Problem(matrix, np.array(lo), np.array(hi), upper, n_x, n_u, n_y)
+    total = sum(d.output_tokens_per_s for d in demands)
+    unserved_obj = np.concatenate([np.zeros(n_x), np.ones(n_u), np.zeros(n_y)])
+    cost_obj = np.concatenate([cost, np.zeros(n_u), np.full(n_y, churn_penalty_yuan)])
+    # Is the fleet over-subscribed? The LP relaxation of "serve as much as possible" says.
+    relaxed = problem.solve(unserved_obj, integral=False, gap=0.0, time_limit_s=time_limit_s)
+    if relaxed.x is None or relaxed.fun <= 1e-6 * max(total, 1.0):
+        # one phase: cost + M x unserved (M large enough that serving always wins)
+        big_m = unserved_penalty(cands)
+        res = problem.solve(
+            cost_obj + big_m * unserved_obj, gap=mip_rel_gap, time_limit_s=time_limit_s
+        )
+    else:
+        # over-subscribed: lexicographic. Phase 1 serves as much as possible; phase 2 finds
+        # the cheapest plan serving that much. (One weighted objective mixes yuan with
+        # tokens/s over many orders of magnitude and stalls HiGHS on such instances.)
+        first = problem.solve(unserved_obj, gap=mip_rel_gap, time_limit_s=time_limit_s / 4)
+        if first.x is None:
+            return MilpResult((), False, math.inf, time.perf_counter() - started, first.message)
+        # phase 2 may give up 0.1% of demand of phase 1's service to find a much cheaper plan
+        cap = float(first.fun) + 1e-3 * total
+        res = problem.solve(
+            cost_obj, gap=mip_rel_gap, time_limit_s=time_limit_s * 3 / 4, unserved_at_most=cap
+        )
+        if res.x is None:
+            res = first
     elapsed = time.perf_counter() - started
     if res.x is None:
         return MilpResult((), False, math.inf, elapsed, str(res.message))
@@ -127,6 +144,45 @@ def solve_milp(
     return MilpResult(
         counts, res.status == 0 and gap <= mip_rel_gap, gap, elapsed, str(res.message)
     )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The constraint system shared by the solve phases."""
+
+    matrix: Any
+    lo: np.ndarray[Any, Any]
+    hi: np.ndarray[Any, Any]
+    upper: np.ndarray[Any, Any]
+    n_x: int
+    n_u: int
+    n_y: int
+
+    def solve(
+        self,
+        objective: np.ndarray[Any, Any],
+        *,
+        gap: float,
+        time_limit_s: float,
+        integral: bool = True,
+        unserved_at_most: float | None = None,
+    ) -> Any:
+        n = self.n_x + self.n_u + self.n_y
+        constraints = [LinearConstraint(self.matrix, self.lo, self.hi)]
+        if unserved_at_most is not None:
+            # phase 2 keeps phase 1's service: sum of unserved <= what phase 1 left
+            row = np.concatenate([np.zeros(self.n_x), np.ones(self.n_u), np.zeros(self.n_y)])
+            constraints.append(LinearConstraint(row.reshape(1, -1), -np.inf, unserved_at_most))
+        integrality = np.concatenate(
+            [np.full(self.n_x, 1 if integral else 0), np.zeros(n - self.n_x)]
+        )
+        return milp(
+            objective,
+            integrality=integrality,
+            bounds=Bounds(np.zeros(n), self.upper),
+            constraints=constraints,
+            options={"mip_rel_gap": gap, "time_limit": max(time_limit_s, 0.1), "disp": False},
+        )
 
 
 def unserved_penalty(cands: Sequence[Candidate]) -> float:

@@ -24,8 +24,13 @@ P40 = DeviceSpec(model="Tesla P40", kind=DeviceKind.GPU, tdp_watts=250)
 
 
 def p40_class(**econ: float) -> DeviceClass:
-    economics = Economics(residual_yuan=800, remaining_life_years=3, ops_yuan_per_hour=0.05,
-                          host_watts=60, average_utilisation=0.8)  # fmt: skip
+    economics = Economics(
+        residual_yuan=800,
+        remaining_life_years=3,
+        ops_yuan_per_hour=0.05,
+        host_watts=60,
+        average_utilisation=0.8,
+    )
     return DeviceClass("hohhot/tesla-p40", HOHHOT, P40, 64, 8, replace(economics, **econ))
 
 
@@ -69,9 +74,12 @@ positive = st.floats(min_value=0.01, max_value=1e4, allow_nan=False)
 
 
 @given(
-    tariff=st.one_of(st.just(0.0), st.floats(0.01, 5.0)), pue=st.floats(1.0, 3.0), watts=positive,
-    residual=st.floats(0.0, 1e6), bump=st.floats(0.001, 10.0),
-)  # fmt: skip
+    tariff=st.one_of(st.just(0.0), st.floats(0.01, 5.0)),
+    pue=st.floats(1.0, 3.0),
+    watts=positive,
+    residual=st.floats(0.0, 1e6),
+    bump=st.floats(0.001, 10.0),
+)
 def test_costs_are_monotone_and_full_covers_marginal(
     tariff: float, pue: float, watts: float, residual: float, bump: float
 ) -> None:

@@ -85,8 +85,9 @@ def test_tensor_parallel_fits_what_one_device_cannot() -> None:
         ("Tesla T4", Quant.INT4_AWQ, Engine.VLLM),
         ("A10", Quant.BF16, Engine.VLLM),
         ("Xeon Gold 6248", Quant.BF16, None),
-        ("Xeon Gold 6248", Quant.INT8_W8A8, Engine.VLLM_CPU),
-        ("Xeon Platinum 8480+", Quant.BF16, Engine.VLLM_CPU),
+        ("Xeon Gold 6248", Quant.INT8_W8A8, None),
+        ("Xeon Platinum 8480+", Quant.BF16, None),  # flags are not proof
+        ("Xeon Platinum 8480+", Quant.GGUF_Q4_K_M, Engine.LLAMA_CPP),
         ("Xeon Gold 6248", Quant.FP32, Engine.VLLM_CPU),
     ],
 )
@@ -97,8 +98,10 @@ def test_support_rules(name: str, quant: Quant, engine: Engine | None) -> None:
 
 
 def test_profile_overrides_rules_both_ways() -> None:
+    # a CPU format runs only where a profile proved it; a GPU profile can also forbid
     gold = device("Xeon Gold 6248")
-    assert select_engine(gold, Quant.BF16, frozenset({Quant.BF16})).engine is Engine.VLLM_CPU
+    proved = select_engine(gold, Quant.BF16, frozenset({Quant.BF16}))
+    assert proved.engine is Engine.VLLM_CPU and proved.dtype == "bfloat16"
     spr = device("Xeon Platinum 8480+")
     refused = select_engine(spr, Quant.BF16, frozenset({Quant.FP32}))
     assert refused.engine is None and "proved" in refused.reason

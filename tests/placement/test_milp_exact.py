@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -13,7 +12,7 @@ from scheduler.domain import Demand, DeviceClass, DeviceKind, DeviceSpec, Engine
 from scheduler.perf import PerfResult
 from scheduler.placement.assemble import NodePool
 from scheduler.placement.candidates import Candidate
-from scheduler.placement.milp import solve_milp, unserved_penalty
+from scheduler.placement.milp import solve_milp
 
 SITE = Site("s", "r")
 
@@ -51,31 +50,43 @@ def instances(draw: st.DrawFn) -> tuple[list[Candidate], list[Demand]]:
     return cands, demands
 
 
-def objective(
-    cands: list[Candidate], demands: list[Demand], counts: tuple[int, ...], big_m: float
-) -> float:
+def served_and_cost(
+    cands: list[Candidate], demands: list[Demand], counts: tuple[int, ...]
+) -> tuple[float, float]:
     cap = [0.0] * len(demands)
     for c, n in zip(cands, counts, strict=True):
         cap[c.demand_index] += n * c.capacity_tokens_per_s
-    unserved = sum(max(d.output_tokens_per_s - cap[i], 0.0) for i, d in enumerate(demands))
-    return sum(c.yuan_per_hour * n for c, n in zip(cands, counts, strict=True)) + big_m * unserved
+    served = sum(min(d.output_tokens_per_s, cap[i]) for i, d in enumerate(demands))
+    return served, sum(c.yuan_per_hour * n for c, n in zip(cands, counts, strict=True))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_milp_matches_exhaustive_search(inst: tuple[list[Candidate], list[Demand]]) -> None:
+    """Exact when the fleet can serve everything; else it serves the most (up to the
+    documented 0.1% of demand phase 2 may give up) and costs no more than the cheapest
+    plan serving the most."""
     cands, demands = inst
     event(f"{len(cands)} candidates")
     classes = list({c.device_class.id: c.device_class for c in cands}.values())
-    big_m = unserved_penalty(cands)
-    best = math.inf
+    total = sum(d.output_tokens_per_s for d in demands)
+    outcomes = []
     ranges = [range(c.device_class.count // c.tp + 1) for c in cands]
     for counts in itertools.product(*ranges):
-        chosen = [(c, n) for c, n in zip(cands, counts, strict=True) if n]
-        if packable(chosen):
-            best = min(best, objective(cands, demands, counts, big_m))
+        if packable([(c, n) for c, n in zip(cands, counts, strict=True) if n]):
+            outcomes.append(served_and_cost(cands, demands, counts))
+    most = max(s for s, _ in outcomes)
+    cheapest = min(c for s, c in outcomes if s >= most - 1e-9)
     res = solve_milp(cands, demands, classes, mip_rel_gap=0.0)
     got = {id(c): n for c, n in res.counts}
     counts = tuple(got.get(id(c), 0) for c in cands)
     assert packable([(c, n) for c, n in zip(cands, counts, strict=True) if n])
-    assert objective(cands, demands, counts, big_m) == pytest.approx(best, rel=1e-6)
+    served, cost = served_and_cost(cands, demands, counts)
+    if most >= total - 1e-9:
+        event("fully servable")
+        assert served == pytest.approx(total)
+        assert cost == pytest.approx(cheapest, rel=1e-9, abs=1e-9)
+    else:
+        event("over-subscribed")
+        assert served >= most - 1e-3 * total - 1e-6
+        assert cost <= cheapest + 1e-9

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workers.demo_model import ensure_demo_model
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding the default demo model (generated once per session, ~5 s)."""
+    data_dir = tmp_path_factory.mktemp("data")
+    ensure_demo_model(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_data_dir: Path) -> Path:
+    return ensure_demo_model(demo_data_dir)
