@@ -480,7 +480,7 @@ class InventoryService:
         with self._db.sessions.begin() as session:
             return demand.from_usage(session, model, body, self._usage, self._clock(), actor)
 
-    def snapshot(self) -> tuple[Fleet, tuple[Demand, ...], tuple[ModelSpec, ...]]:
+    def snapshot(self) -> tuple[Fleet, tuple[Demand, ...], dict[str, ModelSpec]]:
         """What the placement optimiser needs: admitted devices aggregated into classes
         (identical devices at one site, ``node_ids`` = hosts), demands and models."""
         with self._db.readers() as session:

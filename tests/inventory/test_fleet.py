@@ -90,3 +90,19 @@ def test_snapshot_of_admitted_reference_fleet(imported: InventoryService) -> Non
     t4 = next(c for c in fleet.classes if "t4" in c.id)
     assert t4.spec.kind is DeviceKind.GPU and t4.economics.residual_yuan == 3500
     assert t4.economics.host_watts == 60  # reference amortisation: 60 W per GPU
+
+
+def test_snapshot_feeds_the_placement_optimiser(imported: InventoryService) -> None:
+    from scheduler.placement import plan
+    from tests.inventory.test_service import good_profile
+
+    imported.site_action("guian", "probation", "test", "")
+    for node in imported.list_nodes(site="guian"):
+        imported.add_profile(node.host, good_profile(tokens_per_s=2000, watts=600), "agent")
+    fleet, demands, models = imported.snapshot()
+    west = [d for d in demands if d.regions == ("west",)]  # guian is the only admitted site
+    result = plan(fleet, west, models)
+    assert result.replicas, result.unplaced
+    hosts = {n.host for n in imported.list_nodes(site="guian")}
+    assert {r.device_class_id for r in result.replicas} <= {c.id for c in fleet.classes}
+    assert {r.node_id for r in result.replicas} <= hosts

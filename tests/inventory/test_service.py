@@ -319,7 +319,7 @@ def test_snapshot_aggregates_identical_devices_per_site(two_sites: InventoryServ
     assert guian.measured_quants == frozenset({Quant.FP16, Quant.INT8_W8A8})
     assert guian.spec.fp16_flops > 0 and guian.site.pue == 1.25
     assert guian.economics.residual_yuan == 3500
-    assert demands == () and models == ()
+    assert demands == () and models == {}
 
 
 def test_time_of_use_tariff_raises_cost(db: Database, clock: FakeClock) -> None:
