@@ -127,9 +127,10 @@ class InventoryService:
             if site_id is None:
                 raise NotFound(f"Unknown site {name!r}.", fix="list sites: cunliang site list.")
             devices = _device_states(session, NodeRow.site_id == site_id)
-            if target is S.RETIRED:
-                self._check_no_replicas(devices, replicas_moved)
-            return self._move(session, f"site {name}", devices, target, actor, reason)
+            evidence = (
+                self._check_no_replicas(devices, replicas_moved) if target is S.RETIRED else {}
+            )
+            return self._move(session, f"site {name}", devices, target, actor, reason, evidence)
 
     # ── nodes ────────────────────────────────────────────────────────────────────
     def register_node(self, node: NodeIn, actor: str) -> NodeOut:
@@ -280,8 +281,8 @@ class InventoryService:
         with self._db.sessions.begin() as session:
             node, _ = _node(session, host, lock=True)
             devices = _device_states(session, DeviceRow.node_id == node.id)
-            self._check_no_replicas(devices, replicas_moved)
-            return self._move(session, f"node {host}", devices, S.RETIRED, actor, reason)
+            evidence = self._check_no_replicas(devices, replicas_moved)
+            return self._move(session, f"node {host}", devices, S.RETIRED, actor, reason, evidence)
 
     def readmit_node(self, host: str, actor: str, reason: str) -> TransitionOut:
         """Back to probation (retired, quarantined) or admitted (a drain called off);
@@ -511,10 +512,14 @@ class InventoryService:
             return fleet_io.export(session, self._clock())
 
     # ── internals ────────────────────────────────────────────────────────────────
-    def _check_no_replicas(self, devices: Sequence[dict[str, Any]], replicas_moved: bool) -> None:
+    def _check_no_replicas(
+        self, devices: Sequence[dict[str, Any]], replicas_moved: bool
+    ) -> dict[str, Any]:
+        """Raise Conflict unless no replica can still run on these devices' hosts; returns
+        the evidence (runtime counts, operator confirmation) for the audit log."""
         hosts = sorted({d["host"] for d in devices if d["state"] in (S.DRAINING, S.QUARANTINED)})
         if not hosts:
-            return
+            return {}
         counts = self._replicas.running_replicas(hosts)
         busy = {h: n for h, n in counts.items() if n > 0}
         if busy:
@@ -529,6 +534,11 @@ class InventoryService:
                 f"The runtime cannot confirm that {unknown[0]} runs no replicas.",
                 fix="check that its replicas are gone, then retire with --replicas-moved.",
             )
+        return {
+            "replicas_running": sum(counts.values()),
+            "hosts_confirmed_by_runtime": len(hosts) - len(unknown),
+            "hosts_confirmed_by_operator": len(unknown),
+        }
 
     def _move(
         self,
@@ -538,6 +548,7 @@ class InventoryService:
         target: LifecycleState,
         actor: str,
         reason: str,
+        figures: dict[str, Any] | None = None,
     ) -> TransitionOut:
         """Move devices to ``target`` all-or-nothing; retired devices stay out of node/site
         moves (except readmission), devices already there are left alone."""
@@ -551,7 +562,9 @@ class InventoryService:
             check_transition(f"{subject} device {d['host']}/{d['slot']}", S(d["state"]), target)
         if not todo and devices and all(d["state"] == S.RETIRED for d in devices):
             raise Conflict(f"{subject} is retired.", fix="readmit it first.")
-        apply_transitions(session, todo, target, now, actor, reason, {})
+        apply_transitions(
+            session, todo, target, now, actor, reason, {d["id"]: figures or {} for d in todo}
+        )
         return TransitionOut(
             subject=subject,
             to_state=target,

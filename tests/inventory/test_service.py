@@ -346,3 +346,23 @@ def test_time_of_use_tariff_raises_cost(db: Database, clock: FakeClock) -> None:
     # 12 of 24 hours at 1.0 yuan/kWh more: +0.5 yuan/kWh average on 75 W x PUE 1.2
     assert costs["tou"] - costs["flat"] == pytest.approx(0.075 * 1.2 * 0.5)
     assert timedelta(0) == timedelta(0)
+
+
+def test_retirement_records_who_confirmed_no_replicas(
+    two_sites: InventoryService, replicas: FakeReplicas
+) -> None:
+    for host in ("r1", "r2"):
+        two_sites.register_node(t4_node(host), "op")
+        two_sites.add_profile(host, good_profile(), "agent")
+    two_sites.site_action("guian", "drain", "op", "move east")
+    replicas.running["r1"] = 0  # the runtime vouches for r1 only
+    with pytest.raises(Conflict, match="cannot confirm that r2"):
+        two_sites.site_action("guian", "retire", "op", "")
+    two_sites.site_action("guian", "retire", "op", "checked r2 by hand", replicas_moved=True)
+    entry = two_sites.audit(subject_kind="device", subject="r2/3")[0]
+    assert entry.to_state == "retired" and entry.reason == "checked r2 by hand"
+    assert entry.figures == {
+        "replicas_running": 0,
+        "hosts_confirmed_by_runtime": 1,
+        "hosts_confirmed_by_operator": 1,
+    }
