@@ -368,7 +368,7 @@ ModelOut.model_rebuild()
 class PolicyIn(Strict):
     """The admission/assessment policy as an operator writes it (YAML/JSON file or API)."""
 
-    reference_model: str = "qwen2.5-0.5b-instruct"
+    reference_model: str = "cunliang-demo"
     min_tokens_per_yuan: float = Field(default=200_000.0, ge=0)
     min_tokens_per_joule: float = Field(default=0.05, ge=0)
     max_site_pue: float = Field(default=1.8, ge=1.0)

@@ -28,7 +28,7 @@ NODE = {
     "devices": [{"model": "Tesla T4", "count": 4, "residual_yuan": 3500}],
 }
 PROFILE = {
-    "reference_model": "qwen2.5-0.5b-instruct",
+    "reference_model": "cunliang-demo",
     "output_tokens_per_s": 800,
     "watts": 300,
     "quants": ["fp16"],
@@ -231,7 +231,7 @@ def test_agent_shaped_profile_and_runtime_hooks(client: TestClient) -> None:
     }
     post(client, "/admin/v1/nodes", cpu, 201)
     body = {
-        "reference_model": "qwen2.5-0.5b-instruct",
+        "reference_model": "cunliang-demo",
         "output_tokens_per_s": 0.0,  # every engine probe failed: stored, then refused
         "watts": 310.0,
         "measured_at": "2026-03-01T07:00:00Z",

@@ -75,7 +75,7 @@ def test_operator_session(tmp_path: Path) -> None:
     profile.write_text(
         json.dumps(
             {
-                "reference_model": "qwen2.5-0.5b-instruct",
+                "reference_model": "cunliang-demo",
                 "output_tokens_per_s": 800,
                 "watts": 300,
                 "quants": ["fp16"],
@@ -183,9 +183,7 @@ def test_policy_file_changes_admission(capsys: pytest.CaptureFixture[str], tmp_p
     run(capsys, tmp_path, "node", "register", "n1", "--site", "s", "--device", "A10:2")
     profile = tmp_path / "p.json"
     profile.write_text(
-        json.dumps(
-            {"reference_model": "qwen2.5-0.5b-instruct", "output_tokens_per_s": 1500, "watts": 400}
-        )
+        json.dumps({"reference_model": "cunliang-demo", "output_tokens_per_s": 1500, "watts": 400})
     )
     out, _ = run(capsys, tmp_path, "node", "profile", "n1", str(profile), "--policy", str(strict))
     assert "n1/0: refused" in out and "tokens/yuan" in out

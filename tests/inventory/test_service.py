@@ -17,7 +17,7 @@ from tests.fakes.inventory import FakeClock, FakeReplicas
 from tests.inventory.conftest import t4_node
 
 S = LifecycleState
-REF = "qwen2.5-0.5b-instruct"
+REF = "cunliang-demo"
 
 
 def good_profile(tokens_per_s: float = 800.0, watts: float = 300.0) -> ProfileIn:
