@@ -106,3 +106,13 @@ def test_snapshot_feeds_the_placement_optimiser(imported: InventoryService) -> N
     hosts = {n.host for n in imported.list_nodes(site="guian")}
     assert {r.device_class_id for r in result.replicas} <= {c.id for c in fleet.classes}
     assert {r.node_id for r in result.replicas} <= hosts
+
+
+def test_import_refuses_a_site_that_disagrees_with_the_inventory(service: InventoryService) -> None:
+    from scheduler.inventory.schemas import SiteIn
+
+    service.add_site(SiteIn(name="guian", region="west", tariff_yuan_per_kwh=0.99, pue=1.25), "op")
+    ff = load_fleet_file(REFERENCE)
+    with pytest.raises(Conflict, match="'guian' exists with other region/tariff/PUE"):
+        service.import_fleet(ff.fleet, tuple(ff.models.values()), ff.demands, "op")
+    assert service.list_devices() == [] and len(service.list_sites()) == 1

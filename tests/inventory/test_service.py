@@ -366,3 +366,13 @@ def test_retirement_records_who_confirmed_no_replicas(
         "hosts_confirmed_by_runtime": 1,
         "hosts_confirmed_by_operator": 1,
     }
+
+
+def test_time_of_use_bands_may_wrap_midnight_but_not_overlap() -> None:
+    base = {"name": "x", "region": "r", "tariff_yuan_per_kwh": 0.5, "pue": 1.2}
+    night = {"start_hour": 22, "end_hour": 6, "tariff_yuan_per_kwh": 0.3}
+    site = parse(SiteIn, {**base, "tou_bands": [night]})
+    assert site.tou_bands[0].hours() == {22, 23, 0, 1, 2, 3, 4, 5}
+    late = {"start_hour": 5, "end_hour": 8, "tariff_yuan_per_kwh": 0.9}
+    with pytest.raises(InvalidInput, match="overlap"):
+        parse(SiteIn, {**base, "tou_bands": [night, late]})
