@@ -5,6 +5,7 @@
     ├── NotFound                  unknown site / node / model / tenant      (HTTP 404)
     ├── Conflict                  duplicate host, illegal state transition  (HTTP 409)
     ├── InvalidInput              values out of range                       (HTTP 400)
+    ├── PayloadTooLarge           request body over the limit               (HTTP 413)
     ├── AuthError                 missing or wrong key                      (HTTP 401)
     ├── Forbidden                 key valid but not allowed                 (HTTP 403)
     ├── RateLimited               rate or budget exhausted                  (HTTP 429)
@@ -58,6 +59,12 @@ class InvalidInput(CunliangError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_value"
+
+
+class PayloadTooLarge(CunliangError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
 
 
 class AuthError(CunliangError):

@@ -6,6 +6,7 @@ or by a CLI flag of the same name.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -35,6 +36,8 @@ class Settings(BaseSettings):
 
     ray_address: str | None = Field(default=None, description="None = start a local Ray head")
     ray_num_cpus: int | None = None
+    # short path: Ray puts unix sockets under it (107-byte limit); None = a fresh /tmp dir
+    ray_temp_dir: Path | None = None
 
     admin_token: str | None = Field(default=None, description="None = generated at first start")
     site_name: str = "local"
@@ -47,6 +50,10 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = 600.0
     max_request_body_bytes: int = 4 * 1024 * 1024
     engine_start_timeout_s: float = 600.0
+
+    def engine_base_env(self) -> dict[str, str]:
+        """The environment engine subprocesses inherit (the one place that reads it)."""
+        return dict(os.environ)
 
     @property
     def resolved_database_url(self) -> str:

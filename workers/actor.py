@@ -47,8 +47,12 @@ class ReplicaActor:
         env: Mapping[str, str],
         start_timeout_s: float = 600.0,
         engine_factory: EngineFactory | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.replica_id = replica_id
+        # what the scheduler planned (model, quant, device class ...): lets a restarted
+        # scheduler adopt this replica instead of starting a duplicate
+        self.metadata = dict(metadata or {})
         self.config = config
         self.log_path = Path(log_dir) / f"engine-{_safe(replica_id)}.log"
         factory = engine_factory or (
@@ -60,12 +64,20 @@ class ReplicaActor:
         _install_sigterm(self._stop_quietly)
 
     def start(self) -> str:
-        """Start the engine and wait for it to be healthy; return its base URL."""
-        self._base_url = self._engine.start()
+        """Start the engine and wait for it to be healthy; return its base URL.
+
+        Idempotent: a second call returns the running engine's URL.
+        """
+        if self._base_url is None:
+            self._base_url = self._engine.start()
         return self._base_url
 
     def health(self) -> dict[str, Any]:
-        return {"replica_id": self.replica_id, **self._engine.health()}
+        """Engine state; ``healthy`` is True only while it answers its health check."""
+        state = self._engine.health()
+        healthy = state.get("state") == "ready"
+        error = None if healthy else f"engine {state.get('state')} (rc={state.get('returncode')})"
+        return {"replica_id": self.replica_id, "healthy": healthy, "error": error, **state}
 
     def info(self) -> dict[str, Any]:
         config = {k: _plain(v) for k, v in asdict(self.config).items()}
@@ -76,6 +88,7 @@ class ReplicaActor:
             "pid": self._engine.pid,
             "log": str(self.log_path),
             "config": config,
+            "replica": self.metadata,
         }
 
     def stop(self) -> None:

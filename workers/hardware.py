@@ -277,11 +277,22 @@ def gpu_device_spec(gpu: GpuInfo) -> DeviceSpec:
 _CPU_VENDORS = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}
 
 
+# Server CPUs draw ~4-8 W per core under load (Xeon Gold 6248: 150 W / 20 cores = 7.5;
+# EPYC 7763: 280 W / 64 = 4.4); the upper end keeps unknown CPUs' costs conservative.
+FALLBACK_WATTS_PER_CORE = 7.5
+
+
 def cpu_device_spec(cpu: CpuInfo) -> DeviceSpec:
     """The CPU (all sockets of the server) as one device, catalogue figures when known."""
     known = lookup_device(cpu.model_name)
     vendor = _CPU_VENDORS.get(cpu.vendor, cpu.vendor)
-    base = known or DeviceSpec(model=cpu.model_name, kind=DeviceKind.CPU, vendor=vendor)
+    base = known or DeviceSpec(
+        model=cpu.model_name,
+        kind=DeviceKind.CPU,
+        vendor=vendor,
+        # unknown CPU (often a VM slice): model its power from the cores we see
+        tdp_watts=cpu.physical_cores * FALLBACK_WATTS_PER_CORE,
+    )
     return replace(
         base,
         kind=DeviceKind.CPU,

@@ -90,6 +90,11 @@ def install_error_handlers(app: FastAPI) -> None:
         status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
         return error_response(status, message, param=param)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # a bug: answer in OpenAI format instead of a bare text 500 (the traceback is logged)
+        return error_response(500, "Internal server error.", code="internal_error")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."

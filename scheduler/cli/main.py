@@ -24,6 +24,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.cli.device",
     "scheduler.cli.fleet",
     "scheduler.cli.model",
+    "scheduler.cli.plan",
+    "scheduler.cli.tenant",
+    "scheduler.cli.agent",
+    "scheduler.cli.serve",
 )
 
 
@@ -36,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data dir)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        # a branch may not ship every command group yet; a missing module is skipped
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

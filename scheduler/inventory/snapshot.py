@@ -7,8 +7,7 @@ holding them; economics are the class average (devices of one class are bought a
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime
 from statistics import fmean
@@ -29,6 +28,7 @@ from scheduler.domain import (
     ModelSpec,
     Quant,
 )
+from scheduler.fleetfile import slug
 from scheduler.inventory.admission import stored_economics, to_site
 from scheduler.inventory.demand import model_specs
 from scheduler.inventory.economics import to_economics
@@ -70,9 +70,19 @@ def to_spec(row: Any) -> DeviceSpec:
     )
 
 
-def class_id(key: _Key) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", key.model.lower()).strip("-")
-    return f"{key.site}/{slug}-{key.memory_bytes // 2**30}g-x{key.per_node}"
+def class_id(key: _Key, ambiguous: bool = False) -> str:
+    """``<site>/<model slug>``: the id fleet files and the Helm chart's Ray resources use.
+
+    Only when one site holds the same model in different memory sizes or server shapes
+    (``ambiguous``) is ``-<GiB>g-x<per node>`` appended to tell the classes apart.
+    """
+    base = f"{key.site}/{slug(key.model)}"
+    return f"{base}-{key.memory_bytes // 2**30}g-x{key.per_node}" if ambiguous else base
+
+
+def _class_ids(keys: list[_Key]) -> dict[_Key, str]:
+    stems = Counter((k.site, k.model) for k in keys)
+    return {k: class_id(k, ambiguous=stems[(k.site, k.model)] > 1) for k in keys}
 
 
 def build(
@@ -104,15 +114,16 @@ def build(
     quants = _proven_quants(session)
     site_by_name = {s.name: to_site(s) for s in sites.values()}
     today = now.date()
+    ids = _class_ids(list(groups))
     classes = []
-    for key, members in sorted(groups.items(), key=lambda kv: class_id(kv[0])):
+    for key, members in sorted(groups.items(), key=lambda kv: ids[kv[0]]):
         hosts = tuple(sorted({h for _, h in members}))
         proven = [quants.get(h, frozenset()) for h in hosts]
         # a quantisation counts as proven for the class only if every node proved it
         measured = frozenset.intersection(*proven) if all(proven) else frozenset[Quant]()
         classes.append(
             DeviceClass(
-                id=class_id(key),
+                id=ids[key],
                 site=site_by_name[key.site],
                 spec=to_spec(members[0][0]),
                 count=len(members),

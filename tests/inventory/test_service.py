@@ -311,8 +311,8 @@ def test_snapshot_aggregates_identical_devices_per_site(two_sites: InventoryServ
     two_sites.register_node(t4_node("g3"), "op")  # not admitted: not offered
     fleet, demands, models = two_sites.snapshot()
     assert {c.id: c.count for c in fleet.classes} == {
-        "guian/tesla-t4-16g-x4": 8,
-        "shanghai/tesla-t4-16g-x4": 4,
+        "guian/tesla-t4": 8,
+        "shanghai/tesla-t4": 4,
     }
     guian = next(c for c in fleet.classes if c.site.name == "guian")
     assert guian.node_ids == ("g1", "g2") and guian.per_node == 4
@@ -320,6 +320,20 @@ def test_snapshot_aggregates_identical_devices_per_site(two_sites: InventoryServ
     assert guian.spec.fp16_flops > 0 and guian.site.pue == 1.25
     assert guian.economics.residual_yuan == 3500
     assert demands == () and models == {}
+
+
+def test_snapshot_ids_disambiguate_one_model_in_two_server_shapes(
+    two_sites: InventoryService,
+) -> None:
+    two_sites.register_node(t4_node("g1"), "op")
+    two_sites.register_node(t4_node("g2", count=2), "op")
+    for host in ("g1", "g2"):
+        two_sites.add_profile(host, good_profile(), "agent")
+    fleet, _, _ = two_sites.snapshot()
+    assert {c.id: c.count for c in fleet.classes} == {
+        "guian/tesla-t4-16g-x2": 2,
+        "guian/tesla-t4-16g-x4": 4,
+    }
 
 
 def test_time_of_use_tariff_raises_cost(db: Database, clock: FakeClock) -> None:

@@ -3,27 +3,45 @@
 from __future__ import annotations
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+import scheduler.store.tenancy  # noqa: F401  (its tables are on Base too)
 from scheduler.errors import ConfigError
 from scheduler.inventory.service import InventoryService
-from scheduler.store.db import Database, current_revision, open_database, upgrade
+from scheduler.store import Base
+from scheduler.store.db import (
+    Database,
+    alembic_config,
+    current_revision,
+    open_database,
+    upgrade,
+)
 from tests.inventory.conftest import GUIAN
+
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(database_url: str) -> None:
     assert current_revision(database_url) is None
     upgrade(database_url)
     upgrade(database_url)  # second run is a no-op
-    assert current_revision(database_url) == "0001"
+    assert current_revision(database_url) == HEAD
     db = open_database(database_url)
     try:
         tables = set(inspect(db.engine).get_table_names())
+        with db.engine.connect() as connection:
+            context = MigrationContext.configure(connection)
+            drift = compare_metadata(context, Base.metadata)
     finally:
         db.dispose()
     expected = {"sites", "nodes", "devices", "profiles", "audit_log", "models", "demands"}
-    assert expected <= tables
+    assert expected | {"tenants", "api_keys", "usage_records"} <= tables
+    # every table on Base is created by the migrations, column for column
+    assert [d for d in drift if d[0] in ("add_table", "add_column", "remove_column")] == []
 
 
 def test_upgrade_does_not_depend_on_working_directory(
@@ -31,7 +49,7 @@ def test_upgrade_does_not_depend_on_working_directory(
 ) -> None:
     monkeypatch.chdir("/")
     upgrade(database_url)
-    assert current_revision(database_url) == "0001"
+    assert current_revision(database_url) == HEAD
 
 
 def test_audit_log_is_append_only(service: InventoryService, db: Database) -> None:

@@ -8,7 +8,9 @@ from alembic import context
 from sqlalchemy import DateTime
 
 import scheduler.store.inventory
-import scheduler.store.models_demand  # noqa: F401  (registers tables on Base)
+import scheduler.store.models_demand
+import scheduler.store.runtime
+import scheduler.store.tenancy  # noqa: F401  (registers tables on Base)
 from scheduler.store import Base
 from scheduler.store.db import open_database
 from scheduler.store.types import UtcDateTime

@@ -1,0 +1,364 @@
+"""Gateway overhead benchmark: added latency and max throughput vs direct to the engine.
+
+Isolation upstream: tests/fakes/openai_upstream.py (instant answers, so every microsecond
+measured is transport + gateway). Three processes on one machine: the fake engine, the
+gateway (python -m scheduler.gateway.serve, uvloop + httptools), and this load generator
+(aiohttp, closed loop at fixed concurrency). Direct and gateway runs alternate per
+concurrency level, same generator, same request. vllm-router (the Rust router of the vLLM
+project) is measured side by side when its venv exists (see --vllm-router).
+
+    PYTHONPATH=$PWD .venv/bin/python bench/gateway.py [--quick]
+
+Writes bench/results/gateway.json and prints a markdown row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scheduler.store.tenancy import session_factory  # noqa: E402
+from scheduler.tenancy import TenancyService  # noqa: E402
+from tests.fakes.servers import free_port  # noqa: E402
+
+MODEL = "bench-model"
+ADMIN = "adm-cl-bench"
+
+
+@dataclass
+class Run:
+    latencies_s: list[float] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: int = 0
+    wall_s: float = 0.0
+
+    def pct(self, q: float, values: list[float] | None = None) -> float:
+        data = sorted(values if values is not None else self.latencies_s)
+        if not data:
+            return float("nan")
+        return data[min(len(data) - 1, int(q / 100 * len(data)))]
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_s) / self.wall_s if self.wall_s else 0.0
+
+
+async def load(
+    url: str, n: int, concurrency: int, *, stream: bool, max_tokens: int, headers: dict[str, str]
+) -> Run:
+    body = {"model": MODEL, "prompt": "hello world", "max_tokens": max_tokens}
+    if stream:
+        body["stream"] = True
+    payload = json.dumps(body).encode()
+    run = Run()
+    todo = iter(range(n))
+    connector = aiohttp.TCPConnector(limit=concurrency * 2, force_close=False)
+    hdrs = {"content-type": "application/json", **headers}
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            for _ in todo:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(
+                        url + "/v1/completions", data=payload, headers=hdrs
+                    ) as r:
+                        if r.status != 200:
+                            run.errors += 1
+                            await r.read()
+                            continue
+                        if not stream:
+                            await r.read()
+                        else:
+                            first = None
+                            async for line in r.content:
+                                if line.startswith(b"data: {") and b'"text":"t' in line:
+                                    run.tokens += 1
+                                    if first is None:
+                                        first = time.perf_counter()
+                            if first is not None:
+                                run.ttft_s.append(first - t0)
+                except aiohttp.ClientError:
+                    run.errors += 1
+                    continue
+                run.latencies_s.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        run.wall_s = time.perf_counter() - start
+    return run
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_healthy(url: str, path: str = "/v1/models", timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + path, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    )
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument(
+        "--vllm-router", default="/tmp/vr-venv/bin/vllm-router", help="router binary if any"
+    )
+    args = parser.parse_args()
+    scale = 0.2 if args.quick else 1.0
+    levels = {1: int(300 * scale), 32: int(2000 * scale), 256: int(3000 * scale)}
+    stream_levels = {1: int(150 * scale), 32: int(800 * scale), 256: int(1500 * scale)}
+    stream_tokens = 16
+
+    tmp = Path(tempfile.mkdtemp(prefix="cl-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up_port, gw_port = free_port(), free_port()
+        procs.append(
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.fakes.openai_upstream",
+                    "--port",
+                    str(up_port),
+                    "--model",
+                    MODEL,
+                ]
+            )
+        )
+        direct = f"http://127.0.0.1:{up_port}"
+        wait_healthy(direct)
+        sessions = session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True)
+        tenancy = TenancyService(sessions)
+        tenancy.create_tenant("bench")
+        key = tenancy.create_key("bench").secret
+        (tmp / "replicas.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "id": "r0",
+                        "model": MODEL,
+                        "engine_model": MODEL,
+                        "base_url": direct,
+                        "quant": "bf16",
+                        "device_class": "cpu",
+                        "site": "local",
+                        "yuan_per_hour": 1.0,
+                        "state": "ready",
+                    }
+                ]
+            )
+        )
+        procs.append(
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "scheduler.gateway.serve",
+                    "--replicas",
+                    str(tmp / "replicas.json"),
+                ],
+                env={
+                    "CUNLIANG_DATA_DIR": str(tmp / "data"),
+                    "CUNLIANG_DATABASE_URL": f"sqlite:///{tmp / 'gw.db'}",
+                    "CUNLIANG_ADMIN_TOKEN": ADMIN,
+                    "CUNLIANG_PORT": str(gw_port),
+                },
+            )
+        )
+        gateway = f"http://127.0.0.1:{gw_port}"
+        pids = {"upstream": procs[0], "gateway": procs[1]}
+        wait_healthy(gateway, "/healthz")
+        targets: dict[str, tuple[str, dict[str, str]]] = {
+            "direct": (direct, {}),
+            "gateway": (gateway, {"Authorization": f"Bearer {key}"}),
+        }
+        router_bin = Path(args.vllm_router)
+        if router_bin.exists():
+            rt_port = free_port()
+            procs.append(
+                start(
+                    [
+                        str(router_bin),
+                        "--worker-urls",
+                        direct,
+                        "--port",
+                        str(rt_port),
+                        "--host",
+                        "127.0.0.1",
+                        "--policy",
+                        "round_robin",
+                    ]
+                )
+            )
+            try:
+                wait_healthy(f"http://127.0.0.1:{rt_port}", "/health", timeout_s=30)
+                targets["vllm_router"] = (f"http://127.0.0.1:{rt_port}", {})
+                pids["vllm_router"] = procs[2]
+            except RuntimeError:
+                print("vllm-router did not start; measured without it", file=sys.stderr)
+
+        # samples[(mode, c, target)][stat] = one value per round; rounds interleave targets
+        # so background load on the shared machine hits them alike; medians are reported
+        samples: dict[tuple[str, int, str], dict[str, list[float]]] = {}
+        for round_no in range(args.rounds):
+            for mode, table in (("plain", levels), ("stream", stream_levels)):
+                for c, n in table.items():
+                    for name, (url, headers) in targets.items():
+                        kw: dict[str, Any] = {
+                            "stream": mode == "stream",
+                            "max_tokens": stream_tokens if mode == "stream" else 4,
+                            "headers": headers,
+                        }
+                        asyncio.run(load(url, min(200, n), c, **kw))  # warm-up: pools, caches
+                        cpu0 = {k: cpu_s(p.pid) for k, p in pids.items()}
+                        run = asyncio.run(load(url, n, c, **kw))
+                        done = max(1, len(run.latencies_s))
+                        cpu = {k: (cpu_s(p.pid) - cpu0[k]) / done * 1e6 for k, p in pids.items()}
+                        stats = samples.setdefault((mode, c, name), {})
+                        for stat, value in (
+                            ("p50_ms", run.pct(50) * 1000),
+                            ("p99_ms", run.pct(99) * 1000),
+                            ("requests_per_s", run.rps),
+                            ("errors", float(run.errors)),
+                            ("ttft_p50_ms", run.pct(50, run.ttft_s) * 1000 if run.ttft_s else 0),
+                            ("upstream_cpu_us_per_request", cpu["upstream"]),
+                            ("proxy_cpu_us_per_request", cpu.get(name, 0.0)),
+                        ):
+                            stats.setdefault(stat, []).append(value)
+                        print(
+                            f"round {round_no} {mode} c={c} {name}: n={len(run.latencies_s)} "
+                            f"p50={run.pct(50) * 1000:.2f}ms p99={run.pct(99) * 1000:.2f}ms "
+                            f"rps={run.rps:.0f} err={run.errors}",
+                            file=sys.stderr,
+                        )
+        metrics: dict[str, float] = {}
+        med: dict[tuple[str, int, str], dict[str, float]] = {
+            key: {stat: statistics.median(v) for stat, v in stats.items()}
+            for key, stats in samples.items()
+        }
+        for (mode, c, name), stats in med.items():
+            for stat, value in stats.items():
+                if stat == "ttft_p50_ms" and mode != "stream":
+                    continue
+                if stat == "proxy_cpu_us_per_request" and name == "direct":
+                    continue
+                metrics[f"{mode}_c{c}_{name}_{stat}"] = round(value, 3)
+            if name == "direct":
+                continue
+            d = med[(mode, c, "direct")]
+            tag = f"{mode}_c{c}_{name}"
+            metrics[f"{tag}_added_p50_ms"] = round(stats["p50_ms"] - d["p50_ms"], 3)
+            metrics[f"{tag}_added_p99_ms"] = round(stats["p99_ms"] - d["p99_ms"], 3)
+            metrics[f"{tag}_throughput_ratio"] = round(
+                stats["requests_per_s"] / d["requests_per_s"], 3
+            )
+            if mode == "stream":
+                metrics[f"{tag}_added_per_token_p50_ms"] = round(
+                    (stats["p50_ms"] - d["p50_ms"]) / stream_tokens, 4
+                )
+        metrics["max_direct_requests_per_s"] = round(
+            max(med[("plain", c, "direct")]["requests_per_s"] for c in levels), 1
+        )
+        metrics["max_gateway_requests_per_s"] = round(
+            max(med[("plain", c, "gateway")]["requests_per_s"] for c in levels), 1
+        )
+        metrics["max_throughput_ratio"] = round(
+            metrics["max_gateway_requests_per_s"] / metrics["max_direct_requests_per_s"], 3
+        )
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    result = {
+        "benchmark": "gateway",
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {
+            "requests": levels,
+            "stream_requests": stream_levels,
+            "stream_tokens": stream_tokens,
+            "upstream": "tests/fakes/openai_upstream.py (instant)",
+            "baseline": "direct to the same upstream, same load generator, same run",
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "statistic": "median over rounds of each round's p50/p99/throughput/CPU",
+            "load_average_1m_at_end": os.getloadavg()[0],
+        },
+        "metrics": metrics,
+    }
+    out = REPO / "bench" / "results" / "gateway.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    m = metrics
+    print(
+        "| gateway overhead (fake engine) | added p50/p99 c=1: "
+        f"{m['plain_c1_gateway_added_p50_ms']}/{m['plain_c1_gateway_added_p99_ms']} ms; c=32: "
+        f"{m['plain_c32_gateway_added_p50_ms']}/{m['plain_c32_gateway_added_p99_ms']} ms; c=256: "
+        f"{m['plain_c256_gateway_added_p50_ms']}/{m['plain_c256_gateway_added_p99_ms']} ms; "
+        f"per streamed token c=32: {m['stream_c32_gateway_added_per_token_p50_ms']} ms; "
+        f"gateway CPU {m['plain_c32_gateway_proxy_cpu_us_per_request']:.0f} µs/request | "
+        f"max {m['max_gateway_requests_per_s']} req/s vs direct {m['max_direct_requests_per_s']} "
+        f"({m['max_throughput_ratio']:.0%}) | `python bench/gateway.py` |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

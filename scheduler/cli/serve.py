@@ -1,0 +1,143 @@
+"""Long-running services for a cluster deployment (what the Helm chart runs).
+
+``cunliang db upgrade``  migrate the database to the newest schema (a Helm hook Job);
+``cunliang gateway``     the OpenAI-compatible gateway alone, routing from the runtime table;
+``cunliang scheduler``   placement + reconciler against a Ray cluster, publishing replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+from typing import Any
+
+from scheduler.errors import ConfigError
+from scheduler.settings import Settings
+
+
+def register(sub: Any) -> None:
+    db = sub.add_parser("db", help="database schema (Alembic)")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_sub.add_parser("upgrade", help="migrate to the newest schema").set_defaults(func=_db_upgrade)
+    db_sub.add_parser("current", help="print the schema revision").set_defaults(func=_db_current)
+
+    gw = sub.add_parser("gateway", help="run the gateway alone (cluster deployment)")
+    gw.add_argument("--host", help="listen address (default 127.0.0.1)")
+    gw.add_argument("--port", type=int, help="listen port (default 8000)")
+    gw.add_argument("--admin-token", help="admin token (or $CUNLIANG_ADMIN_TOKEN)")
+    gw.set_defaults(func=_gateway)
+
+    sch = sub.add_parser("scheduler", help="run placement and the reconciler on a Ray cluster")
+    sch.add_argument("--ray-address", help="Ray cluster address ('auto' inside a Ray pod)")
+    sch.add_argument("--replan-interval-s", type=float, default=15.0)
+    sch.set_defaults(func=_scheduler)
+
+
+def _db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.store.db import current_revision, upgrade
+
+    url = settings.resolved_database_url
+    _ensure_sqlite_dir(settings)
+    upgrade(url)
+    print(f"database at revision {current_revision(url)}")
+    return 0
+
+
+def _db_current(_args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.store.db import current_revision
+
+    print(current_revision(settings.resolved_database_url) or "empty (run: cunliang db upgrade)")
+    return 0
+
+
+def _ensure_sqlite_dir(settings: Settings) -> None:
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _open_migrated(settings: Settings) -> Any:
+    from alembic.script import ScriptDirectory
+
+    from scheduler.store.db import alembic_config, current_revision, open_database
+
+    url = settings.resolved_database_url
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    if current_revision(url) != head:
+        raise ConfigError(
+            "the database schema is not at the newest revision.",
+            fix="run `cunliang db upgrade` first (the Helm chart's migration Job does).",
+        )
+    return open_database(url)
+
+
+def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from scheduler.gateway.app import create_app
+    from scheduler.gateway.db_directory import DbReplicaDirectory
+    from scheduler.inventory.router import inventory_router
+    from scheduler.inventory.service import InventoryService
+    from scheduler.preflight import check_port_free
+    from scheduler.tenancy import TenancyService
+
+    if not settings.admin_token:
+        raise ConfigError("the gateway needs an admin token.", fix="set CUNLIANG_ADMIN_TOKEN.")
+    check_port_free(settings.host, settings.port)
+    database = _open_migrated(settings)
+    directory = DbReplicaDirectory(database.sessions)
+    directory.start()
+    try:
+        app = create_app(
+            settings,
+            TenancyService(database.sessions),
+            directory,
+            admin_token=settings.admin_token,
+            extra_routers=[inventory_router(InventoryService(database), settings.admin_token)],
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        directory.stop()
+        database.dispose()
+    return 0
+
+
+def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.inventory.service import InventoryService
+    from scheduler.placement import plan
+    from scheduler.runtime.actors import vllm_actor_args
+    from scheduler.runtime.controller import Controller
+    from scheduler.runtime.publish import DbEndpointSink
+    from scheduler.runtime.ray_backend import RayLauncher, init_ray
+    from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop
+    from workers.actor import ReplicaActor
+
+    database = _open_migrated(settings)
+    init_ray(settings.ray_address or "auto")
+    inventory = InventoryService(database)
+    holder: dict[str, Controller] = {}
+    # detached actors outlive this process: a restarted scheduler adopts them (no duplicates)
+    launcher = RayLauncher(
+        ReplicaActor, vllm_actor_args(settings, lambda: holder["c"].models), detached=True
+    )
+    reconciler = Reconciler(launcher, DbEndpointSink(database.sessions))
+    controller = Controller(
+        inventory.snapshot,
+        lambda fleet, demands, models, current: plan(fleet, demands, models, current=current),
+        reconciler,
+    )
+    holder["c"] = controller
+    loop = ReconcilerLoop(reconciler, interval_s=1.0)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print("cunliang scheduler: running (replicas survive a scheduler restart)", flush=True)
+    controller.tick()
+    loop.start()
+    while not stop.wait(args.replan_interval_s):
+        controller.tick()
+    loop.stop()
+    database.dispose()
+    return 0

@@ -1,0 +1,34 @@
+"""Gateway knobs beyond the shared Settings (all with production defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.settings import Settings
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    wal_dir: Path
+    max_request_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 600.0
+    routing_policy: str = "least_outstanding"
+    upstream_client: str = "aiohttp"  # or "httpx" (see gateway.upstream)
+    max_attempts: int = 3  # replicas tried per request before 503 (only before first byte)
+    auth_cache_ttl_s: float = 5.0
+    usage_flush_interval_s: float = 0.05
+    usage_batch_max: int = 512
+    usage_fsync: bool = False  # True also survives power loss, at ~1 fsync per request
+    max_upstream_connections: int = 1024
+    no_replica_retry_after_s: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewayConfig:
+        return cls(
+            wal_dir=settings.data_dir / "usage-wal",
+            max_request_body_bytes=settings.max_request_body_bytes,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+        )

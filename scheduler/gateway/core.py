@@ -1,0 +1,459 @@
+"""The gateway's request path: authenticate, admit, route, forward, meter.
+
+``Gateway`` holds the per-app state (no module globals): replica load, admission, the usage
+writer, metrics and the one pooled upstream HTTP client. One ``Exchange`` follows each
+request; ``finish`` closes it exactly once (usage record, metrics, load and permit release),
+whatever path the request took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from scheduler.api.auth import bearer_token
+from scheduler.api.errors import error_response
+from scheduler.errors import (
+    AuthError,
+    CunliangError,
+    Forbidden,
+    InvalidInput,
+    ModelNotFound,
+    NoCapacity,
+)
+from scheduler.gateway.config import GatewayConfig
+from scheduler.gateway.limits import Admission, Permit
+from scheduler.gateway.load import LoadTicket, ReplicaLoad, cost_yuan
+from scheduler.gateway.metering import UsageWriter
+from scheduler.gateway.replicas import ReplicaDirectory, ReplicaEndpoint
+from scheduler.gateway.routing import RoutingPolicy, RoutingSnapshot, eligible
+from scheduler.gateway.sse import (
+    StreamTally,
+    error_event,
+    inspect_block,
+    model_rewriter,
+    rewrite,
+    usage_of_body,
+)
+from scheduler.gateway.streaming import EventStreamResponse
+from scheduler.gateway.upstream import (
+    UPSTREAM_CLIENTS,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamLimits,
+    UpstreamResponse,
+)
+from scheduler.observability.metrics import Metrics
+from scheduler.tenancy import Principal, TenancyService, UsageRecord
+
+UNKNOWN_LABEL = "unknown"  # metric label for unknown models / unauthenticated callers
+
+
+@dataclass
+class Exchange:
+    """One tenant request as it moves through the gateway (event-loop only)."""
+
+    request_id: str
+    started_s: float
+    created_at: datetime
+    principal: Principal | None = None
+    model: str = ""
+    model_known: bool = False
+    stream: bool = False
+    want_usage: bool = False
+    replica: ReplicaEndpoint | None = None
+    ticket: LoadTicket | None = None
+    permit: Permit | None = None
+    first_token_s: float | None = None
+    rename: tuple[tuple[bytes, bytes], ...] = ()
+    finished: bool = False
+    tally: StreamTally = field(default_factory=StreamTally)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tenancy: TenancyService,
+        directory: ReplicaDirectory,
+        metrics: Metrics,
+        policy: RoutingPolicy,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.tenancy = tenancy
+        self.directory = directory
+        self.metrics = metrics
+        self.registry = registry
+        self.policy = policy
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.load = ReplicaLoad()
+        self.admission = Admission(clock, wall_clock)
+        self.writer = UsageWriter(
+            tenancy,
+            config.wal_dir,
+            batch_max=config.usage_batch_max,
+            flush_interval_s=config.usage_flush_interval_s,
+            fsync=config.usage_fsync,
+        )
+        self._client: UpstreamClient | None = None
+        self._sequence = itertools.count()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.writer.open)
+        await self.writer.start()
+        self._client = UPSTREAM_CLIENTS[self.config.upstream_client](
+            UpstreamLimits(
+                connect_timeout_s=self.config.connect_timeout_s,
+                read_timeout_s=self.config.read_timeout_s,
+                max_connections=self.config.max_upstream_connections,
+            )
+        )
+
+    async def shutdown(self) -> None:
+        await self.writer.stop()
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def client(self) -> UpstreamClient:
+        if self._client is None:
+            raise RuntimeError("gateway not started (lifespan not run)")
+        return self._client
+
+    # ---- auth --------------------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        if token is None:
+            raise AuthError("Missing API key.", fix="send 'Authorization: Bearer sk-cl-...'.")
+        principal = self.tenancy.authenticate_cached(token)
+        if principal is None:
+            principal = await asyncio.to_thread(self.tenancy.authenticate, token)
+        return principal
+
+    # ---- the request path --------------------------------------------------------------
+
+    async def handle(self, request: Request, path: str, schema: type[BaseModel]) -> Response:
+        """Serve one inference request (``path`` = the engine path, e.g. /v1/completions)."""
+        ex = Exchange(
+            request_id="req-" + uuid.uuid4().hex,
+            started_s=self.clock(),
+            created_at=self.wall_clock(),
+        )
+        try:
+            ex.principal = await self.authenticate(request.headers.get("authorization"))
+            body = _parse_body(await request.body(), schema)
+            self._describe(ex, body)
+            await self._admit(ex)
+            return await self._forward(ex, path, body)
+        except (CunliangError, RequestValidationError) as exc:
+            self.finish(ex, getattr(exc, "status_code", 422))
+            raise
+        except BaseException:
+            self.finish(ex, 500)
+            raise
+
+    def _describe(self, ex: Exchange, body: dict[str, Any]) -> None:
+        ex.model = body["model"]
+        ex.stream = bool(body.get("stream"))
+        options = body.get("stream_options") or {}
+        ex.want_usage = ex.stream and bool(options.get("include_usage"))
+        ex.model_known = any(r.model == ex.model for r in self.directory.replicas())
+
+    async def _admit(self, ex: Exchange) -> None:
+        assert ex.principal is not None
+        tenant = ex.principal.tenant
+        if not ex.model_known:
+            raise ModelNotFound(
+                f"The model '{ex.model}' does not exist.", fix="see GET /v1/models.", param="model"
+            )
+        if not tenant.may_use(ex.model):
+            raise Forbidden(f"Tenant {tenant.name!r} may not use model '{ex.model}'.")
+        if not eligible(self.directory.replicas(), ex.model):
+            raise NoCapacity(
+                f"No ready replica of '{ex.model}' right now.",
+                retry_after_s=self.config.no_replica_retry_after_s,
+            )
+        if self.admission.needs_ledger(tenant):
+            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+        ex.permit = self.admission.admit(tenant)
+
+    def _pick(self, ex: Exchange, tried: set[str]) -> ReplicaEndpoint | None:
+        candidates = tuple(
+            r for r in eligible(self.directory.replicas(), ex.model) if r.id not in tried
+        )
+        snapshot = RoutingSnapshot(
+            ex.model, candidates, self.load.outstanding(), next(self._sequence)
+        )
+        order = self.policy.order(snapshot)
+        return order[0] if order else None
+
+    def _attach(self, ex: Exchange, replica: ReplicaEndpoint) -> None:
+        ex.replica = replica
+        ex.rename = model_rewriter(replica.engine_model, ex.model)
+        ex.ticket = self.load.start(replica.id, self.clock())
+        self._outstanding_gauge(replica).inc()
+
+    def _detach(self, ex: Exchange) -> float:
+        """Release the replica; returns the request's busy share in seconds."""
+        share = 0.0
+        if ex.ticket is not None and ex.replica is not None:
+            share = self.load.finish(ex.ticket, self.clock())
+            self._outstanding_gauge(ex.replica).dec()
+        ex.ticket = None
+        return share
+
+    def _outstanding_gauge(self, r: ReplicaEndpoint) -> Any:
+        return self.metrics.replica_outstanding.labels(r.id, r.model, r.device_class, r.site)
+
+    async def _forward(self, ex: Exchange, path: str, body: dict[str, Any]) -> Response:
+        if ex.stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True  # always meter exactly; dropped for the client
+            body["stream_options"] = options
+        tried: set[str] = set()
+        failure = "no ready replica"
+        for _ in range(self.config.max_attempts):
+            replica = self._pick(ex, tried)
+            if replica is None:
+                break
+            tried.add(replica.id)
+            self._attach(ex, replica)
+            body["model"] = replica.engine_model
+            try:
+                response = await self._attempt(ex, replica, path, body)
+            except _RetryElsewhere as retry:
+                self._detach(ex)
+                ex.tally, ex.first_token_s = StreamTally(), None  # nothing of it was sent
+                failure = f"{replica.id}: {retry}"
+                continue
+            return response
+        ex.replica = None
+        raise NoCapacity(
+            f"No replica of '{ex.model}' could serve the request ({failure}).",
+            retry_after_s=self.config.no_replica_retry_after_s,
+        )
+
+    async def _attempt(
+        self, ex: Exchange, replica: ReplicaEndpoint, path: str, body: dict[str, Any]
+    ) -> Response:
+        """One try on one replica. Raises _RetryElsewhere while nothing reached the client."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            upstream = await self.client.post(replica.base_url + path, payload)
+        except UpstreamError as exc:
+            raise _RetryElsewhere(str(exc)) from exc
+        try:
+            if upstream.status_code >= 500:
+                raise _RetryElsewhere(f"HTTP {upstream.status_code}")
+            if upstream.status_code >= 400 or not ex.stream:
+                content = await upstream.read()
+            else:
+                chunks = upstream.chunks()
+                first = await self._first_events(ex, chunks)
+                return EventStreamResponse(
+                    self._relay(ex, upstream, chunks, first),
+                    headers={"x-request-id": ex.request_id, "cache-control": "no-cache"},
+                )
+        except UpstreamError as exc:
+            await upstream.close()
+            raise _RetryElsewhere(str(exc)) from exc
+        except BaseException:
+            await upstream.close()
+            raise
+        await upstream.close()
+        if upstream.status_code >= 400:
+            return self._upstream_error(ex, upstream.status_code, content)
+        return self._complete(ex, content)
+
+    def _complete(self, ex: Exchange, content: bytes) -> Response:
+        usage = usage_of_body(content) or {}
+        ex.tally.usage = usage
+        self.finish(ex, 200)
+        return Response(
+            rewrite(content, ex.rename) if ex.rename else content,
+            media_type="application/json",
+            headers={"x-request-id": ex.request_id},
+        )
+
+    def _upstream_error(self, ex: Exchange, status: int, content: bytes) -> Response:
+        """Forward an engine 4xx (e.g. context too long) in OpenAI format, same status."""
+        message, type_, code, param = _engine_error(content, status)
+        self.finish(ex, status)
+        response = error_response(status, message, type_=type_, code=code, param=param)
+        response.headers["x-request-id"] = ex.request_id
+        return response
+
+    async def _first_events(self, ex: Exchange, chunks: AsyncIterator[bytes]) -> bytes:
+        """Read until at least one whole event arrived (the commit point for retries)."""
+        async for chunk in chunks:
+            out = inspect_block(chunk, ex.tally, forward_usage=ex.want_usage, rename=ex.rename)
+            if out:
+                self._note_first_token(ex)
+                return out
+        raise _RetryElsewhere("stream ended before the first event")
+
+    def _note_first_token(self, ex: Exchange) -> None:
+        if ex.first_token_s is None and ex.tally.content_events > 0:
+            ex.first_token_s = self.clock()
+
+    async def _relay(
+        self,
+        ex: Exchange,
+        upstream: UpstreamResponse,
+        chunks: AsyncIterator[bytes],
+        first: bytes,
+    ) -> AsyncGenerator[bytes, None]:
+        """Forward events; record usage before the last bytes leave; a cut ends in an error
+        event, and the tokens streamed so far are still billed."""
+        tally = ex.tally
+        try:
+            if tally.done:
+                self.finish(ex, 502 if tally.error else 200)
+            yield first
+            async for chunk in chunks:
+                out = inspect_block(chunk, tally, forward_usage=ex.want_usage, rename=ex.rename)
+                self._note_first_token(ex)
+                if tally.done:  # an engine error event mid-stream still ends with [DONE]
+                    self.finish(ex, 502 if tally.error else 200)
+                if out:
+                    yield out
+            if not tally.done:
+                self.finish(ex, 502)
+                yield error_event("The engine closed the stream before it finished.")
+        except UpstreamError as exc:
+            self.finish(ex, 502)
+            yield error_event(f"The engine connection failed mid-stream ({exc}).")
+        finally:
+            self.finish(ex, 499)  # no-op unless the client went away first
+            with contextlib.suppress(BaseException):
+                await upstream.close()
+
+    # ---- metering ----------------------------------------------------------------------
+
+    def finish(self, ex: Exchange, status: int) -> None:
+        """Close the exchange once: release load and permit, write the usage record (before
+        the response's last byte), update metrics and budget counters."""
+        if ex.finished:
+            return
+        ex.finished = True
+        now_s = self.clock()
+        busy_share_s = self._detach(ex)
+        usage = ex.tally.usage or {}
+        prompt_tokens = _int(usage.get("prompt_tokens"))
+        completion_tokens = (
+            _int(usage.get("completion_tokens")) if usage else ex.tally.content_events
+        )
+        replica = ex.replica
+        cost = cost_yuan(replica.yuan_per_hour, busy_share_s) if replica else 0.0
+        latency_s = now_s - ex.started_s
+        ttft_s = ex.first_token_s - ex.started_s if ex.first_token_s is not None else None
+        if ex.permit is not None:
+            self.admission.release(ex.permit, prompt_tokens + completion_tokens)
+        model_label = ex.model if ex.model_known else UNKNOWN_LABEL
+        tenant_label = ex.principal.tenant.name if ex.principal else UNKNOWN_LABEL
+        m = self.metrics
+        m.requests.labels(model_label, tenant_label, str(status)).inc()
+        if ex.principal is None:
+            return
+        if replica is not None:
+            labels = (model_label, replica.device_class, replica.site, tenant_label)
+            m.prompt_tokens.labels(*labels).inc(prompt_tokens)
+            m.completion_tokens.labels(*labels).inc(completion_tokens)
+            m.cost_yuan.labels(*labels).inc(cost)
+            m.e2e_latency_s.labels(model_label).observe(latency_s)
+            if ttft_s is not None:
+                m.ttft_s.labels(model_label).observe(ttft_s)
+                if completion_tokens > 1:
+                    m.tpot_s.labels(model_label).observe(
+                        (latency_s - ttft_s) / (completion_tokens - 1)
+                    )
+        tenant_id = ex.principal.tenant.id
+        self.writer.submit(
+            UsageRecord(
+                request_id=ex.request_id,
+                tenant_id=tenant_id,
+                key_id=ex.principal.key_id,
+                model=ex.model[:128],
+                status=status,
+                created_at=ex.created_at,
+                quant=replica.quant if replica else "",
+                replica_id=replica.id if replica else "",
+                device_class=replica.device_class if replica else "",
+                site=replica.site if replica else "",
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                ttft_ms=ttft_s * 1000.0 if ttft_s is not None else None,
+                latency_ms=latency_s * 1000.0,
+                cost_yuan=cost,
+                stream=ex.stream,
+            )
+        )
+        self.admission.on_recorded(
+            tenant_id, ex.created_at, prompt_tokens + completion_tokens, cost
+        )
+
+
+class _RetryElsewhere(Exception):
+    """The attempt failed before anything reached the client: try another replica."""
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _parse_body(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
+    """The request JSON as a dict, validated against ``schema`` (400 malformed, 422 invalid).
+    The dict itself is forwarded, so unknown sampling parameters pass through unchanged."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"Malformed JSON body: {exc}.") from exc
+    try:
+        schema.model_validate(body)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
+    assert isinstance(body, dict)
+    return body
+
+
+def _engine_error(content: bytes, status: int) -> tuple[str, str | None, str | None, str | None]:
+    """(message, type, code, param) from a vLLM/OpenAI error body (either shape)."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content.decode(errors="replace")[:500] or f"Engine error {status}.", None, None, None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    if not isinstance(data, dict):
+        return f"Engine error {status}.", None, None, None
+    code = data.get("code")
+    param = data.get("param")
+    return (
+        str(data.get("message") or f"Engine error {status}."),
+        str(data["type"]) if data.get("type") else None,
+        code if isinstance(code, str) else None,
+        param if isinstance(param, str) else None,
+    )

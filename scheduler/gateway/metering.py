@@ -1,0 +1,203 @@
+"""Durable, batched usage recording: a write-ahead file queue in front of the database.
+
+Contract: ``submit(record)`` returns only after the record is appended to the current WAL
+segment (one ``write(2)``; optionally ``fsync``), and the gateway calls it *before* the last
+byte of the response is sent. A background task moves records to the database in batches:
+it rotates to a new segment, inserts everything queued (records of older segments only),
+and then deletes the older segments. At startup ``replay()`` inserts what the segments hold
+and deletes them. Inserts skip request ids already stored (unique column), so a crash
+between insert and delete never duplicates a record, and a SIGKILL never loses one whose
+response completed (the page cache survives the process; ``fsync=True`` covers power loss).
+
+One gateway process per WAL directory (enforced with an flock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from scheduler.errors import ConfigError
+from scheduler.tenancy import UsageRecord
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_GLOB = "usage-*.wal"
+_FIELDS = {f.name for f in fields(UsageRecord)}
+
+
+class UsageSink(Protocol):
+    def record_usage(self, records: Sequence[UsageRecord]) -> int: ...
+
+
+def encode(record: UsageRecord) -> bytes:
+    data = dict(vars(record))  # flat record of scalars: no need for asdict's deep copy
+    data["created_at"] = record.created_at.isoformat()
+    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes) -> UsageRecord | None:
+    """A record from one WAL line, or None for a torn/garbled line (a write cut by power loss)."""
+    try:
+        data: dict[str, Any] = json.loads(line)
+        data = {k: v for k, v in data.items() if k in _FIELDS}
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        return UsageRecord(**data)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _segment_seq(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+class UsageWriter:
+    def __init__(
+        self,
+        sink: UsageSink,
+        wal_dir: Path,
+        *,
+        batch_max: int = 512,
+        flush_interval_s: float = 0.05,
+        fsync: bool = False,
+    ) -> None:
+        self._sink = sink
+        self._dir = wal_dir
+        self._batch_max = batch_max
+        self._interval_s = flush_interval_s
+        self._fsync = fsync
+        self._pending: list[UsageRecord] = []
+        self._fd: int | None = None
+        self._seq = 0
+        self._lock_fd: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._stopping = False
+        self.failed_flushes = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> int:
+        """Lock the directory, replay leftover segments into the sink, open a fresh segment.
+        Returns the number of records the replay inserted (blocking; call before serving)."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self._dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(
+                f"Usage WAL directory {self._dir} is in use by another gateway.",
+                fix="give each gateway process its own data dir.",
+            ) from exc
+        inserted = self._replay()
+        self._open_segment()
+        return inserted
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def stop(self) -> None:
+        """Flush everything and close (graceful shutdown)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- hot path ----------------------------------------------------------------------
+
+    def submit(self, record: UsageRecord) -> None:
+        """Append to the WAL (durable against a process kill when this returns) and queue."""
+        if self._fd is None:
+            raise RuntimeError("UsageWriter.submit before open()")
+        os.write(self._fd, encode(record))
+        if self._fsync:
+            os.fsync(self._fd)
+        self._pending.append(record)
+        if len(self._pending) >= self._batch_max:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ---- background --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Move queued records to the database now (serialised: segments are deleted only
+        after every record in them is stored)."""
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        if not self._pending:
+            return
+        # records queued so far all live in segments <= current; new ones go to the next
+        batch, self._pending = self._pending, []
+        done_upto = self._seq
+        self._open_segment()
+        try:
+            await asyncio.to_thread(self._sink.record_usage, batch)
+        except Exception:  # the database is down or locked: keep the WAL, retry later
+            self.failed_flushes += 1
+            log.exception("usage flush of %d records failed; kept in the WAL", len(batch))
+            self._pending = batch + self._pending
+            await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
+            return
+        self._delete_segments(upto=done_upto)
+
+    # ---- files -------------------------------------------------------------------------
+
+    def _segments(self) -> list[Path]:
+        return sorted(self._dir.glob(_SEGMENT_GLOB), key=_segment_seq)
+
+    def _open_segment(self) -> None:
+        old = self._fd
+        self._seq += 1
+        path = self._dir / f"usage-{self._seq:012d}.wal"
+        self._fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        if old is not None:
+            os.close(old)
+
+    def _delete_segments(self, upto: int) -> None:
+        for path in self._segments():
+            if _segment_seq(path) <= upto:
+                path.unlink(missing_ok=True)
+
+    def _replay(self) -> int:
+        segments = self._segments()
+        self._seq = _segment_seq(segments[-1]) if segments else 0
+        records: list[UsageRecord] = []
+        for path in segments:
+            for line in path.read_bytes().splitlines():
+                record = decode(line) if line.strip() else None
+                if record is not None:
+                    records.append(record)
+        inserted = self._sink.record_usage(records) if records else 0
+        self._delete_segments(upto=self._seq)
+        if records:
+            log.info("replayed %d usage records from the WAL, %d new", len(records), inserted)
+        return inserted

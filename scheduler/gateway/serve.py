@@ -1,0 +1,77 @@
+"""Run the gateway on its own: ``python -m scheduler.gateway.serve --replicas replicas.json``.
+
+For development, tests and benchmarks; ``cunliang up`` builds the same app with the Ray
+runtime's ReplicaTable instead of a file. The replicas file is a JSON list of
+ReplicaEndpoint fields. Settings come from the environment (CUNLIANG_*), built here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from scheduler.errors import ConfigError
+from scheduler.gateway.app import create_app
+from scheduler.gateway.config import GatewayConfig
+from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
+from scheduler.settings import Settings
+from scheduler.store.tenancy import session_factory
+from scheduler.tenancy import TenancyService
+
+
+def load_replicas(path: Path) -> list[ReplicaEndpoint]:
+    try:
+        items = json.loads(path.read_text())
+        return [ReplicaEndpoint(**item) for item in items]
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"Cannot read replicas from {path}: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scheduler.gateway.serve")
+    parser.add_argument("--replicas", type=Path, required=True, help="JSON list of replicas")
+    parser.add_argument("--create-tables", action="store_true", help="create tables (dev)")
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--usage-flush-interval-s", type=float, default=0.05, help="WAL to database batching"
+    )
+    parser.add_argument("--upstream-client", default="aiohttp", choices=("aiohttp", "httpx"))
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if not settings.admin_token:
+        print("serve: error: set CUNLIANG_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    import uvicorn  # the server is an edge dependency of this entry point only
+
+    sessions = session_factory(settings.resolved_database_url, create_tables=args.create_tables)
+    config = dataclasses.replace(
+        GatewayConfig.from_settings(settings),
+        usage_flush_interval_s=args.usage_flush_interval_s,
+        upstream_client=args.upstream_client,
+    )
+    app = create_app(
+        settings,
+        TenancyService(sessions),
+        ReplicaTable(load_replicas(args.replicas)),
+        admin_token=settings.admin_token,
+        config=config,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        proxy_headers=False,  # the gateway is the edge; X-Forwarded-* is not trusted here
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

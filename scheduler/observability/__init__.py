@@ -1,0 +1,1 @@
+"""Prometheus metrics: every cunliang metric is declared in ``metrics.py``."""

@@ -1,0 +1,272 @@
+"""The reconciler: a tick loop that diffs the desired Plan against observed replicas.
+
+Each ``tick()``:
+1. expands the Plan into replica ids (``<model>.<quant>.<class>.tp<N>.<n>``);
+2. starts replicas that are desired but absent, honouring exponential backoff after failures;
+3. polls every known replica, records failures as status (never raises) and restarts them;
+4. drains replicas that are no longer desired: stop routing, wait for in-flight requests
+   (``outstanding``), then stop them;
+5. publishes the endpoints of ready replicas to the sink (the gateway's replica table).
+
+Side effects are injected (``ReplicaLauncher``, ``EndpointSink``, ``outstanding``,
+``clock``), so the logic is tested without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Protocol
+
+from scheduler.domain import Plan, Replica
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"  # waiting for its backoff to expire before a restart
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the launcher sees of one replica right now."""
+
+    state: ReplicaState  # STARTING, READY or FAILED
+    base_url: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    id: str
+    replica: Replica
+    state: ReplicaState
+    base_url: str | None = None
+    attempts: int = 0  # consecutive failed starts
+    restarts: int = 0  # total restarts after failures
+    last_error: str | None = None
+    retry_at: float = 0.0  # clock time before which no restart is tried
+    since: float = 0.0
+
+
+class ReplicaLauncher(Protocol):
+    """The side effects of running replicas (Ray actors in production)."""
+
+    def start(self, replica_id: str, replica: Replica) -> None:
+        """Begin starting a replica; must not block on the engine loading."""
+
+    def poll(self, replica_id: str) -> Observation:
+        """Current state of a started replica; FAILED when it died or never came up."""
+
+    def stop(self, replica_id: str) -> None:
+        """Stop a replica and free its devices; idempotent."""
+
+    def existing(self) -> Mapping[str, Replica]:
+        """Replicas already running (e.g. found after a scheduler restart)."""
+
+
+class EndpointSink(Protocol):
+    def publish(self, statuses: Sequence[ReplicaStatus]) -> None:
+        """Receive the full current status of every replica (ready ones carry base_url)."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def replica_ids(plan: Plan) -> dict[str, Replica]:
+    """Stable ids for a plan's replicas: identical replicas are numbered 0, 1, ...
+
+    ``{replica_id: Replica}``
+    """
+    counts: dict[str, int] = {}
+    out: dict[str, Replica] = {}
+    for r in plan.replicas:
+        stem = ".".join(
+            [_slug(r.model), _slug(r.quant), _slug(r.device_class_id), f"tp{r.tp}"]
+            + ([_slug(r.node_id)] if r.node_id else [])
+        )
+        n = counts.get(stem, 0)
+        counts[stem] = n + 1
+        out[f"{stem}.{n}"] = r
+    return out
+
+
+BACKOFF_BASE_S = 2.0  # first restart after 2 s, then 4, 8, ... capped
+BACKOFF_CAP_S = 60.0
+
+
+def backoff_s(attempts: int) -> float:
+    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1)))
+
+
+class Reconciler:
+    def __init__(
+        self,
+        launcher: ReplicaLauncher,
+        sink: EndpointSink,
+        *,
+        outstanding: Callable[[str], int] = lambda _id: 0,
+        clock: Callable[[], float] = time.monotonic,
+        drain_timeout_s: float = 120.0,
+    ) -> None:
+        self._launcher = launcher
+        self._sink = sink
+        self._outstanding = outstanding
+        self._clock = clock
+        self._drain_timeout_s = drain_timeout_s
+        self._desired: dict[str, Replica] = {}
+        # {replica_id: ReplicaStatus}
+        self._status: dict[str, ReplicaStatus] = {}
+        self._lock = threading.RLock()
+        self._adopt_existing()
+
+    def _adopt_existing(self) -> None:
+        """After a restart, take over replicas that still run instead of duplicating them."""
+        now = self._clock()
+        for rid, replica in self._launcher.existing().items():
+            self._status[rid] = ReplicaStatus(rid, replica, ReplicaState.STARTING, since=now)
+
+    # -- desired state -------------------------------------------------------------
+    def apply(self, plan: Plan) -> None:
+        with self._lock:
+            self._desired = replica_ids(plan)
+
+    def drain(self, replica_id: str) -> None:
+        """Stop routing to a replica now; it stops once its in-flight requests finish."""
+        with self._lock:
+            st = self._status.get(replica_id)
+            if st and st.state is not ReplicaState.STOPPED:
+                self._status[replica_id] = replace(
+                    st, state=ReplicaState.DRAINING, since=self._clock()
+                )
+            self._desired.pop(replica_id, None)
+
+    def statuses(self) -> list[ReplicaStatus]:
+        with self._lock:
+            return sorted(self._status.values(), key=lambda s: s.id)
+
+    # -- the loop --------------------------------------------------------------------
+    def tick(self) -> list[ReplicaStatus]:
+        with self._lock:
+            now = self._clock()
+            for rid, replica in self._desired.items():
+                self._ensure(rid, replica, now)
+            for rid, st in list(self._status.items()):
+                if rid not in self._desired and st.state not in (
+                    ReplicaState.DRAINING,
+                    ReplicaState.STOPPED,
+                ):
+                    self._status[rid] = replace(st, state=ReplicaState.DRAINING, since=now)
+                self._observe(rid, now)
+            self._status = {
+                k: v for k, v in self._status.items() if v.state is not ReplicaState.STOPPED
+            }
+            current = self.statuses()
+        self._sink.publish(current)
+        return current
+
+    def _ensure(self, rid: str, replica: Replica, now: float) -> None:
+        st = self._status.get(rid)
+        if st is None:
+            self._safe_start(ReplicaStatus(rid, replica, ReplicaState.STARTING, since=now))
+        elif st.state is ReplicaState.FAILED and now >= st.retry_at:
+            log.info("restarting replica %s (attempt %d)", rid, st.attempts + 1)
+            self._safe_start(
+                replace(st, state=ReplicaState.STARTING, restarts=st.restarts + 1, since=now)
+            )
+
+    def _safe_start(self, st: ReplicaStatus) -> None:
+        try:
+            self._launcher.start(st.id, st.replica)
+            self._status[st.id] = st
+        except Exception as exc:  # a failed side effect is status, not a crash
+            self._fail(st, f"start failed: {exc}", self._clock())
+
+    def _fail(self, st: ReplicaStatus, error: str, now: float) -> None:
+        attempts = st.attempts + 1
+        log.warning("replica %s failed: %s", st.id, error)
+        self._status[st.id] = replace(
+            st,
+            state=ReplicaState.FAILED,
+            base_url=None,
+            attempts=attempts,
+            last_error=error,
+            retry_at=now + backoff_s(attempts),
+            since=now,
+        )
+        try:
+            self._launcher.stop(st.id)
+        except Exception as exc:
+            log.warning("cleaning up replica %s failed: %s", st.id, exc)
+
+    def _observe(self, rid: str, now: float) -> None:
+        st = self._status[rid]
+        if st.state is ReplicaState.FAILED:
+            return
+        if st.state is ReplicaState.DRAINING:
+            timed_out = now - st.since > self._drain_timeout_s
+            if self._outstanding(rid) == 0 or timed_out:
+                self._safe_stop(st)
+            return
+        try:
+            obs = self._launcher.poll(rid)
+        except Exception as exc:
+            obs = Observation(ReplicaState.FAILED, error=f"poll failed: {exc}")
+        if obs.state is ReplicaState.FAILED:
+            self._fail(st, obs.error or "replica failed", now)
+        elif obs.state is ReplicaState.READY and st.state is not ReplicaState.READY:
+            self._status[rid] = replace(
+                st, state=ReplicaState.READY, base_url=obs.base_url, attempts=0, since=now
+            )
+
+    def _safe_stop(self, st: ReplicaStatus) -> None:
+        try:
+            self._launcher.stop(st.id)
+        except Exception as exc:
+            log.warning("stopping replica %s failed: %s", st.id, exc)
+        self._status[st.id] = replace(st, state=ReplicaState.STOPPED, base_url=None)
+
+    def stop_all(self) -> None:
+        """Stop every replica now (shutdown); in-flight work is the caller's concern."""
+        with self._lock:
+            self._desired = {}
+            for st in list(self._status.values()):
+                self._safe_stop(st)
+            self._status = {}
+        self._sink.publish([])
+
+
+class ReconcilerLoop:
+    """Runs ``Reconciler.tick`` every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, reconciler: Reconciler, interval_s: float = 1.0) -> None:
+        self.reconciler = reconciler
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconciler.tick()
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("reconciler tick failed")
+            self._stop.wait(self._interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

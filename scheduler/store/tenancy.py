@@ -1,0 +1,175 @@
+"""Tenancy tables and the queries on them: tenants, API keys (hashes only), usage records.
+
+Only this module (in the tenancy area) imports sqlalchemy; ``scheduler.tenancy`` turns the
+rows into frozen dataclasses. Functions take an open ``Session`` and never commit: the caller
+owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from scheduler.store import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TenantRow(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    allowed_models: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    requests_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_token_budget: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    monthly_token_budget: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_yuan_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    monthly_yuan_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)  # visible, e.g. sk-cl-Ab3x
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UsageRow(Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_records_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    quant: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    replica_id: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    device_class: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    site: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    cost_yuan: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)  # HTTP status sent
+    stream: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+# ---- queries ---------------------------------------------------------------------------
+
+
+def tenant_by_name(session: Session, name: str) -> TenantRow | None:
+    return session.scalars(select(TenantRow).where(TenantRow.name == name)).first()
+
+
+def all_tenants(session: Session) -> Sequence[TenantRow]:
+    return session.scalars(select(TenantRow).order_by(TenantRow.name)).all()
+
+
+def key_by_hash(session: Session, key_sha256: str) -> tuple[ApiKeyRow, TenantRow] | None:
+    row = session.execute(
+        select(ApiKeyRow, TenantRow)
+        .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+        .where(ApiKeyRow.key_sha256 == key_sha256)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def keys_of(session: Session, tenant_id: int | None) -> Sequence[tuple[ApiKeyRow, str]]:
+    query = select(ApiKeyRow, TenantRow.name).join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+    if tenant_id is not None:
+        query = query.where(ApiKeyRow.tenant_id == tenant_id)
+    rows = session.execute(query.order_by(ApiKeyRow.created_at, ApiKeyRow.id)).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def existing_request_ids(session: Session, request_ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(request_ids), 500):  # stay under SQLite's variable limit
+        chunk = request_ids[start : start + 500]
+        found.update(
+            session.scalars(select(UsageRow.request_id).where(UsageRow.request_id.in_(chunk)))
+        )
+    return found
+
+
+def insert_usage(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert usage rows whose request_id is not stored yet; returns how many were new."""
+    if not rows:
+        return 0
+    unique: dict[str, dict[str, Any]] = {r["request_id"]: r for r in rows}
+    known = existing_request_ids(session, list(unique))
+    fresh = [r for rid, r in unique.items() if rid not in known]
+    if fresh:
+        session.execute(insert(UsageRow), fresh)
+    return len(fresh)
+
+
+def usage_totals(
+    session: Session, tenant_id: int, since: datetime, until: datetime | None = None
+) -> Sequence[tuple[str, int, int, int, float]]:
+    """[(model, requests, prompt_tokens, completion_tokens, cost_yuan)] for a tenant."""
+    query = select(
+        UsageRow.model,
+        func.count(UsageRow.id),
+        func.coalesce(func.sum(UsageRow.prompt_tokens), 0),
+        func.coalesce(func.sum(UsageRow.completion_tokens), 0),
+        func.coalesce(func.sum(UsageRow.cost_yuan), 0.0),
+    ).where(UsageRow.tenant_id == tenant_id, UsageRow.created_at >= since)
+    if until is not None:
+        query = query.where(UsageRow.created_at < until)
+    rows = session.execute(query.group_by(UsageRow.model).order_by(UsageRow.model)).all()
+    return [(str(m), int(n), int(p), int(c), float(y)) for m, n, p, c, y in rows]
+
+
+def session_factory(url: str, *, create_tables: bool = False) -> sessionmaker[Session]:
+    """A sessionmaker for ``url``; SQLite gets WAL journalling and a busy timeout so the
+    gateway's usage writer and admin reads do not fail on each other's locks."""
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    if create_tables:
+        Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,372 @@
+"""The Helm chart: lint, render for the default and the fleet values, validate every object."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy.chart import (
+    CHART,
+    NAMESPACE,
+    ROOT,
+    find,
+    fleet_values,
+    notes,
+    one,
+    pod_specs,
+    render,
+    validate,
+)
+
+HEAD_ADDRESS = f"cunliang-head-svc.{NAMESPACE}.svc.cluster.local:6379"
+VALUE_SETS = {"default": None, "fleet": fleet_values()}
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def case(request: pytest.FixtureRequest) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    values = VALUE_SETS[request.param]
+    return values, render(values)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> list[dict[str, Any]]:
+    return render(fleet_values())
+
+
+@pytest.fixture(scope="module")
+def default() -> list[dict[str, Any]]:
+    return render(None)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_lint_is_clean_in_strict_mode(name: str) -> None:
+    report = helm.lint(CHART, VALUE_SETS[name], strict=True, kube_version="v1.30.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], problems or report["errors"]
+
+
+def test_every_rendered_object_matches_its_schema(
+    case: tuple[dict[str, Any] | None, list[dict[str, Any]]],
+) -> None:
+    _, objects = case
+    assert len(objects) >= 8
+    for obj in objects:
+        validate(obj)
+
+
+def test_fleet_renders_every_kind(fleet: list[dict[str, Any]]) -> None:
+    kinds = {o["kind"] for o in fleet}
+    assert kinds >= {
+        "RayCluster",
+        "Deployment",
+        "Service",
+        "Ingress",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Job",
+        "Secret",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    }
+    # external database: no bundled PostgreSQL
+    assert find(fleet, "StatefulSet") == []
+
+
+def test_crd_schemas_reject_a_misspelt_field(fleet: list[dict[str, Any]]) -> None:
+    """The vendored schemas are strict: a typo must fail, not be pruned at install."""
+    ray = copy.deepcopy(one(fleet, "RayCluster"))
+    ray["spec"]["workerGroupSpec"] = ray["spec"].pop("workerGroupSpecs")
+    with pytest.raises(jsonschema.ValidationError, match="workerGroupSpec"):
+        validate(ray)
+    ray = copy.deepcopy(one(fleet, "RayCluster"))
+    ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    with pytest.raises(jsonschema.ValidationError, match="imagePullPolice"):
+        validate(ray)
+    monitor = copy.deepcopy(one(fleet, "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError, match="intervall"):
+        validate(monitor)
+
+
+def _resources_param(group: dict[str, Any]) -> dict[str, int]:
+    """Decode KubeRay's quoted JSON: '"{\\"name\\": n}"' -> {"name": n}."""
+    quoted = group["rayStartParams"]["resources"]
+    assert quoted.startswith('"') and quoted.endswith('"'), quoted
+    decoded: dict[str, int] = json.loads(json.loads(quoted))
+    return decoded
+
+
+def test_one_worker_group_per_device_class(fleet: list[dict[str, Any]]) -> None:
+    values = fleet_values()
+    ray = one(fleet, "RayCluster")
+    groups = {g["groupName"]: g for g in ray["spec"]["workerGroupSpecs"]}
+    assert list(groups) == [g["name"] for g in values["workerGroups"]]
+    for wanted in values["workerGroups"]:
+        group = groups[wanted["name"]]
+        class_id = f"{wanted['site']}/{wanted['device']}"
+        assert _resources_param(group) == {f"device_class:{class_id}": wanted["devicesPerPod"]}
+        assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (
+            wanted["minReplicas"],
+            wanted["replicas"],
+            wanted["maxReplicas"],
+        )
+        pod = group["template"]["spec"]
+        ray_container = pod["containers"][0]
+        selector = pod["nodeSelector"]
+        assert selector["cunliang.io/site"] == wanted["site"]
+        if wanted["kind"] == "gpu":
+            assert ray_container["image"] == "registry.internal/cunliang/cunliang:0.1.0-cuda"
+            assert ray_container["resources"]["limits"]["nvidia.com/gpu"] == wanted["devicesPerPod"]
+            assert selector["nvidia.com/gpu.product"] == wanted["gpuProduct"]
+            assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+        else:
+            assert ray_container["image"] == "registry.internal/cunliang/cunliang:0.1.0-cpu"
+            assert "nvidia.com/gpu" not in ray_container["resources"]["limits"]
+            assert "nvidia.com/gpu.product" not in selector
+
+
+def test_worker_runs_kuberays_start_and_the_agent_sidecar(
+    case: tuple[dict[str, Any] | None, list[dict[str, Any]]],
+) -> None:
+    _, objects = case
+    for group in one(objects, "RayCluster")["spec"]["workerGroupSpecs"]:
+        ray_container, agent = group["template"]["spec"]["containers"]
+        # KubeRay generates `ray start --address=...` for container 0: no command of ours
+        assert "command" not in ray_container and "args" not in ray_container
+        assert agent["name"] == "agent"
+        script = " ".join(agent["args"])
+        assert f"exec cunliang agent --join {HEAD_ADDRESS}" in script
+        # the sidecar reuses the pod's raylet through the shared /tmp/ray
+        mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+        ray_mounts = {m["mountPath"]: m["name"] for m in ray_container["volumeMounts"]}
+        assert mounts["/tmp/ray"] == ray_mounts["/tmp/ray"] == "ray-logs"
+
+
+def test_head_runs_the_scheduler(case: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> None:
+    _, objects = case
+    head = one(objects, "RayCluster")["spec"]["headGroupSpec"]
+    ray_head, scheduler = head["template"]["spec"]["containers"]
+    assert "command" not in ray_head
+    assert "exec cunliang scheduler --ray-address auto" in " ".join(scheduler["args"])
+    assert {m["mountPath"] for m in scheduler["volumeMounts"]} >= {"/tmp/ray", "/tmp", "/data"}
+
+
+def test_autoscaling_options(fleet: list[dict[str, Any]], default: list[dict[str, Any]]) -> None:
+    scaled = one(fleet, "RayCluster")["spec"]
+    assert scaled["enableInTreeAutoscaling"] is True
+    assert scaled["autoscalerOptions"]["upscalingMode"] == "Conservative"
+    assert scaled["autoscalerOptions"]["idleTimeoutSeconds"] == 600
+    # KubeRay gives the head the ServiceAccount and Role its autoscaler needs
+    assert "serviceAccountName" not in scaled["headGroupSpec"]["template"]["spec"]
+    fixed = one(default, "RayCluster")["spec"]
+    assert fixed["enableInTreeAutoscaling"] is False
+    assert "autoscalerOptions" not in fixed
+
+
+def test_gateway_command_probes_and_service(
+    case: tuple[dict[str, Any] | None, list[dict[str, Any]]],
+) -> None:
+    _, objects = case
+    deployment = one(objects, "Deployment", "cunliang-gateway")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == [
+        "cunliang",
+        "gateway",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ]
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    service = one(objects, "Service", "cunliang-gateway")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_fleet_gateway_has_ingress_and_hpa(fleet: list[dict[str, Any]]) -> None:
+    deployment = one(fleet, "Deployment", "cunliang-gateway")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    hpa = one(fleet, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "cunliang-gateway"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+    ingress = one(fleet, "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == "llm.example.com"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "cunliang-gateway", "port": {"name": "http"}}
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_external_database_comes_from_the_secret(fleet: list[dict[str, Any]]) -> None:
+    for owner, pod in pod_specs(fleet):
+        for container in pod["containers"]:
+            url = _env(container)["CUNLIANG_DATABASE_URL"]
+            assert url == {"secretKeyRef": {"name": "cunliang-db", "key": "database-url"}}, owner
+
+
+def test_migrations_hook(fleet: list[dict[str, Any]], default: list[dict[str, Any]]) -> None:
+    job = one(fleet, "Job", "cunliang-migrations")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["cunliang", "db", "upgrade"]
+    # the bundled PostgreSQL does not exist before install: its first run is post-install
+    trial = one(default, "Job", "cunliang-migrations")
+    assert trial["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+
+
+def test_bundled_postgresql_for_trials(default: list[dict[str, Any]]) -> None:
+    statefulset = one(default, "StatefulSet", "cunliang-postgresql")
+    assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {
+        "storage": "8Gi"
+    }
+    secret = one(default, "Secret", "cunliang-postgresql")
+    import base64
+
+    url = base64.b64decode(secret["data"]["database-url"]).decode()
+    password = base64.b64decode(secret["data"]["postgres-password"]).decode()
+    assert url == f"postgresql+psycopg://cunliang:{password}@cunliang-postgresql:5432/cunliang"
+    assert len(password) == 32
+    gateway = one(default, "Deployment", "cunliang-gateway")["spec"]["template"]["spec"]
+    assert _env(gateway["containers"][0])["CUNLIANG_DATABASE_URL"] == {
+        "secretKeyRef": {"name": "cunliang-postgresql", "key": "database-url"}
+    }
+
+
+def test_admin_token_generated_given_or_external() -> None:
+    import base64
+
+    generated = one(render(None), "Secret", "cunliang-admin")
+    assert len(base64.b64decode(generated["data"]["admin-token"])) == 48
+    given = one(render({"adminToken": {"value": "s3cret-token"}}), "Secret", "cunliang-admin")
+    assert base64.b64decode(given["data"]["admin-token"]) == b"s3cret-token"
+    external = render({"adminToken": {"existingSecret": "ops-admin", "key": "token"}})
+    assert find(external, "Secret", "cunliang-admin") == []
+    gateway = one(external, "Deployment", "cunliang-gateway")["spec"]["template"]["spec"]
+    assert _env(gateway["containers"][0])["CUNLIANG_ADMIN_TOKEN"] == {
+        "secretKeyRef": {"name": "ops-admin", "key": "token"}
+    }
+
+
+def test_admin_token_is_kept_across_upgrades_with_lookup() -> None:
+    """Offline rendering cannot reach a cluster; the template must read the live Secret first."""
+    template = (CHART / "templates" / "secrets.yaml").read_text()
+    lookup_at = template.index('lookup "v1" "Secret" .Release.Namespace $name')
+    assert lookup_at < template.index("randAlphaNum 48")
+
+
+def test_pods_run_non_root_with_read_only_root(
+    case: tuple[dict[str, Any] | None, list[dict[str, Any]]],
+) -> None:
+    _, objects = case
+    for owner, pod in pod_specs(objects):
+        assert pod["securityContext"]["runAsNonRoot"] is True, owner
+        assert pod.get("automountServiceAccountToken") is False or owner.endswith("/head"), owner
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, owner
+            assert context["readOnlyRootFilesystem"] is True, owner
+            assert context["capabilities"]["drop"] == ["ALL"], owner
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], owner
+
+
+def test_no_rbac_objects(case: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> None:
+    """Nothing of ours calls the Kubernetes API; KubeRay makes the autoscaler's own Role."""
+    _, objects = case
+    assert not {o["kind"] for o in objects} & {
+        "Role",
+        "ClusterRole",
+        "RoleBinding",
+        "ClusterRoleBinding",
+    }
+    account = one(objects, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_network_policies_cover_every_workload(fleet: list[dict[str, Any]]) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(fleet, "NetworkPolicy")}
+    gateway = policies["cunliang-gateway"]
+    assert gateway["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert gateway["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    ray = policies["cunliang-ray"]
+    assert ray["podSelector"] == {"matchLabels": {"ray.io/cluster": "cunliang"}}
+    metrics_rule = ray["ingress"][1]
+    assert metrics_rule["from"] == fleet_values()["networkPolicy"]["metricsFrom"]
+
+
+def test_prometheus_rule_is_the_canonical_rules_file(fleet: list[dict[str, Any]]) -> None:
+    canonical = CHART / "files" / "rules.yaml"
+    plain = ROOT / "deploy" / "prometheus" / "rules.yaml"
+    assert plain.resolve() == canonical.resolve() or plain.read_bytes() == canonical.read_bytes()
+    rule = one(fleet, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(canonical.read_text())
+
+
+def test_dashboard_configmaps_for_grafana(fleet: list[dict[str, Any]]) -> None:
+    maps = find(fleet, "ConfigMap")
+    shipped = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
+    assert len(maps) == len(shipped) == 3
+    by_file = {key: value for m in maps for key, value in m["data"].items()}
+    for m in maps:
+        assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
+    for path in shipped:
+        assert json.loads(by_file[path.name]) == json.loads(path.read_text())
+
+
+def test_monitors_scrape_gateway_and_ray_pods(fleet: list[dict[str, Any]]) -> None:
+    monitor = one(fleet, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    pods = one(fleet, "PodMonitor")
+    assert pods["spec"]["selector"] == {"matchLabels": {"ray.io/cluster": "cunliang"}}
+    ray = one(fleet, "RayCluster")
+    for group in ray["spec"]["workerGroupSpecs"]:
+        ports = group["template"]["spec"]["containers"][0]["ports"]
+        assert {"name": "metrics", "containerPort": 8080} in ports
+
+
+def test_notes_tell_how_to_reach_it_and_get_the_first_key() -> None:
+    text = notes(fleet_values())
+    assert "export CUNLIANG_URL=https://llm.example.com/v1" in text
+    assert "kubectl -n llm exec deploy/cunliang-gateway -- cunliang tenant add" in text
+    assert "kubectl -n llm exec deploy/cunliang-gateway -- cunliang key create" in text
+    assert "get secret cunliang-admin" in text
+    trial = notes(None)
+    assert "port-forward svc/cunliang-gateway 8000:80" in trial
+
+
+def test_client_side_install_dry_run() -> None:
+    """Helm's own install path (schema, kubeVersion, hooks split from the manifest), offline:
+    a client dry run with memory storage and an unreachable API server."""
+    config = helm.Config(
+        storage_driver="memory", namespace=NAMESPACE, kube_apiserver="https://127.0.0.1:1"
+    )
+    with config:
+        release = config.install(
+            CHART, "cunliang", fleet_values(), namespace=NAMESPACE, dry_run="client"
+        )
+    assert release["status"] == "pending-install"
+    manifest = [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
+    kinds = {doc["kind"] for doc in manifest}
+    assert "RayCluster" in kinds and "Deployment" in kinds
+    # the migration Job is a hook, not part of the release's manifest
+    assert "Job" not in kinds
+    assert "cunliang key create acme" in release["notes"]

@@ -1,0 +1,199 @@
+"""The pure parts: SSE inspection, cost shares, routing order, buckets, budgets, WAL replay."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler.errors import RateLimited
+from scheduler.gateway.limits import Admission, BudgetLedger, TokenBucket
+from scheduler.gateway.load import ReplicaLoad, cost_yuan
+from scheduler.gateway.metering import UsageWriter
+from scheduler.gateway.replicas import ReplicaEndpoint
+from scheduler.gateway.routing import POLICIES, RoutingSnapshot
+from scheduler.gateway.sse import StreamTally, inspect_block, model_rewriter, usage_of_body
+from scheduler.store.tenancy import session_factory
+from scheduler.tenancy import TenancyService, TenantLimits, UsageRecord
+
+
+def _event(payload: dict[str, object]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+STREAM = (
+    _event({"model": "eng", "choices": [{"delta": {"role": "assistant", "content": ""}}]})
+    + b"".join(
+        _event({"model": "eng", "choices": [{"delta": {"content": f"t{i}"}}]}) for i in range(5)
+    )
+    + _event({"model": "eng", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    + b"data: [DONE]\n\n"
+)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=12))
+def test_inspect_block_any_fragmentation(cuts: list[int]) -> None:
+    bounds = [0, *sorted(set(cuts)), len(STREAM)]
+    for forward_usage in (True, False):
+        tally = StreamTally()
+        rename = model_rewriter("eng", "public")
+        out = b"".join(
+            inspect_block(STREAM[a:b], tally, forward_usage=forward_usage, rename=rename)
+            for a, b in itertools.pairwise(bounds)
+        )
+        assert tally.done and tally.content_events == 5 and tally.pending == b""
+        assert tally.usage == {"prompt_tokens": 3, "completion_tokens": 5}
+        assert b'"eng"' not in out and out.count(b'"model": "public"') == (
+            7 if forward_usage else 6
+        )
+        assert (b'"usage"' in out) is forward_usage
+        assert out.endswith(b"data: [DONE]\n\n")
+
+
+def test_usage_of_body_reads_only_top_level_usage() -> None:
+    body = json.dumps(
+        {"choices": [{"message": {"content": 'say "usage": {1}'}}], "usage": {"prompt_tokens": 2}}
+    ).encode()
+    assert usage_of_body(body) == {"prompt_tokens": 2}
+    assert usage_of_body(b'{"choices": []}') is None
+
+
+def test_busy_share_splits_replica_time_between_overlapping_requests() -> None:
+    load = ReplicaLoad()
+    a = load.start("r", 0.0)
+    b = load.start("r", 1.0)  # overlaps a during [1, 2]
+    share_a = load.finish(a, 2.0)
+    share_b = load.finish(b, 4.0)
+    assert share_a == pytest.approx(1.0 + 0.5)
+    assert share_b == pytest.approx(0.5 + 2.0)
+    assert share_a + share_b == pytest.approx(4.0)  # exactly the busy time, billed once
+    assert cost_yuan(3600.0, share_a) == pytest.approx(1.5)
+
+
+def _r(rid: str, yuan: float) -> ReplicaEndpoint:
+    return ReplicaEndpoint(rid, "m", "m", "http://x", "bf16", "c", "s", yuan, "ready")
+
+
+def test_least_outstanding_then_cheaper_then_rotation() -> None:
+    policy = POLICIES["least_outstanding"]()
+    a, b, c = _r("a", 2.0), _r("b", 1.0), _r("c", 1.0)
+    snap = RoutingSnapshot("m", (a, b, c), {"a": 0, "b": 1, "c": 1})
+    assert policy.order(snap)[0] is a
+    snap = RoutingSnapshot("m", (a, b, c), {"a": 1, "b": 1, "c": 1}, sequence=0)
+    first = {
+        policy.order(RoutingSnapshot("m", (a, b, c), snap.outstanding, s))[0].id for s in range(4)
+    }
+    assert first == {"b", "c"}  # equal cost and load: rotate, never the dearer one
+    assert policy.order(RoutingSnapshot("m", (), {})) == ()
+
+
+def test_token_bucket_and_admission_limits() -> None:
+    bucket = TokenBucket(rate_per_s=2.0, capacity=2.0, now_s=0.0)
+    bucket.take(2.0, 0.0)
+    assert bucket.wait_s(1.0, 0.0) == pytest.approx(0.5)
+    assert bucket.wait_s(1.0, 0.5) == 0.0
+
+    now = [0.0]
+    admission = Admission(lambda: now[0], lambda: datetime(2026, 1, 31, 23, 0, tzinfo=UTC))
+    from scheduler.tenancy import Tenant
+
+    tenant = Tenant(1, "t", ("*",), TenantLimits(tokens_per_min=60), False, datetime.now(UTC))
+    permit = admission.admit(tenant)
+    admission.release(permit, tokens=120)  # one big request: 60 tokens in debt
+    with pytest.raises(RateLimited) as err:
+        admission.admit(tenant)
+    assert err.value.retry_after_s == pytest.approx(60.0)
+    now[0] = 61.0
+    admission.admit(tenant)
+
+
+def test_budget_ledger_rolls_over_and_reports_reset_time() -> None:
+    t0 = datetime(2026, 1, 31, 23, 0, tzinfo=UTC)
+    ledger = BudgetLedger(day=t0.replace(hour=0), month=t0.replace(day=1, hour=0))
+    ledger.add(t0, 100, 0.5)
+    limits = TenantLimits(daily_token_budget=100, monthly_yuan_budget=1.0)
+    name, reset_s = ledger.exhausted(limits, t0) or ("", 0.0)
+    assert name == "daily token" and reset_s == pytest.approx(3600.0)
+    ledger.roll(t0 + timedelta(hours=2))  # a new day and a new month
+    assert ledger.exhausted(limits, t0 + timedelta(hours=2)) is None
+    assert ledger.month_yuan == 0.0
+
+
+def _record(i: int) -> UsageRecord:
+    return UsageRecord(
+        request_id=f"req-{i}",
+        tenant_id=1,
+        key_id="k",
+        model="m",
+        status=200,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        completion_tokens=i,
+    )
+
+
+def test_wal_replay_after_crash_inserts_once(tmp_path: Path) -> None:
+    tenancy = TenancyService(
+        session_factory(f"sqlite:///{tmp_path / 'db.sqlite'}", create_tables=True)
+    )
+    tenancy.create_tenant("t")
+
+    async def crash_after_submit() -> None:
+        writer = UsageWriter(tenancy, tmp_path / "wal", flush_interval_s=60)
+        writer.open()
+        for i in range(5):
+            writer.submit(_record(i))
+        tenancy.record_usage([_record(0), _record(1)])  # as if a flush landed before the crash
+        # no stop(): the process "dies" here; release the flock like the kernel would
+        assert writer._lock_fd is not None
+        import os
+
+        os.close(writer._lock_fd)
+
+    asyncio.run(crash_after_submit())
+    again = UsageWriter(tenancy, tmp_path / "wal")
+    assert again.open() == 3  # 0 and 1 were stored already
+    summary = tenancy.usage_summary("t", datetime(2025, 1, 1, tzinfo=UTC))
+    assert summary.by_model[0].requests == 5
+    assert summary.by_model[0].completion_tokens == sum(range(5))
+
+
+class FlakySink:
+    """A usage sink whose database is down for the first ``failures`` flushes."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.stored: dict[str, UsageRecord] = {}
+
+    def record_usage(self, records: list[UsageRecord]) -> int:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("database is down")
+        new = [r for r in records if r.request_id not in self.stored]
+        self.stored.update((r.request_id, r) for r in new)
+        return len(new)
+
+
+def test_writer_keeps_records_in_the_wal_while_the_database_is_down(tmp_path: Path) -> None:
+    sink = FlakySink(failures=2)
+
+    async def run() -> None:
+        writer = UsageWriter(sink, tmp_path / "wal", flush_interval_s=0.01)
+        writer.open()
+        await writer.start()
+        for i in range(10):
+            writer.submit(_record(i))
+        for _ in range(200):
+            if len(sink.stored) == 10:
+                break
+            await asyncio.sleep(0.01)
+        await writer.stop()
+
+    asyncio.run(run())
+    assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(10))
+    assert not [p for p in (tmp_path / "wal").glob("usage-*.wal") if p.stat().st_size]

@@ -1,0 +1,173 @@
+"""Routing, retry before the first byte, mid-stream cuts, draining, load spreading."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from scheduler.gateway.replicas import ReplicaEndpoint
+from scheduler.store.tenancy import UsageRow
+from tests.fakes.servers import free_port
+from tests.gateway.conftest import MODEL, Harness, replica
+
+
+def usage_rows(h: Harness) -> list[UsageRow]:
+    h.http(h.tenancy.create_key("acme").secret).get("/v1/usage")  # flushes the writer
+    with h.tenancy._sessions() as session:
+        return list(session.scalars(select(UsageRow).order_by(UsageRow.id)))
+
+
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+def test_retry_before_first_byte_goes_to_other_replica(harness: Harness) -> None:
+    client = harness.openai(harness.tenant("acme"))
+    cheap = harness.upstreams[1]  # r1 is cheaper, so it is tried first
+    cheap.behaviour.fail_next = 2
+    reply = client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+    assert reply.choices[0].text == "t0 t1 "
+    stream = client.completions.create(model=MODEL, prompt="x", max_tokens=2, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices) == "t0 t1 "
+    assert cheap.completed == 2 and harness.upstreams[0].completed == 2
+    rows = usage_rows(harness)
+    assert [(r.replica_id, r.status, r.completion_tokens) for r in rows] == [
+        ("r0", 200, 2),
+        ("r0", 200, 2),
+    ]
+
+
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+def test_connect_error_fails_over_and_all_failing_is_503(harness: Harness) -> None:
+    dead = replica("dead", f"http://127.0.0.1:{free_port()}", yuan_per_hour=0.1)
+    harness.table.set([dead, *harness.table.replicas()])
+    client = harness.openai(harness.tenant("acme"))
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=1).choices
+    harness.table.set([dead])
+    with pytest.raises(openai.InternalServerError) as err:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert err.value.status_code == 503
+    assert err.value.response.headers["retry-after"]
+    statuses = [r.status for r in usage_rows(harness)]
+    assert statuses == [200, 503]
+
+
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+def test_mid_stream_cut_sends_error_event_and_bills_streamed_tokens(harness: Harness) -> None:
+    for u in harness.upstreams:
+        u.behaviour.cut_after_events = 3
+    client = harness.openai(harness.tenant("acme"))
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=8, stream=True
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    assert received == ["t0 ", "t1 ", "t2 "]
+    assert "stream" in str(err.value.message).lower() or "engine" in str(err.value.message)
+    rows = usage_rows(harness)
+    assert len(rows) == 1
+    assert rows[0].status == 502 and rows[0].completion_tokens == 3 and rows[0].stream
+    assert sum(u.completed for u in harness.upstreams) == 1  # never retried after bytes
+
+
+def test_draining_and_unhealthy_replicas_get_no_new_requests(harness: Harness) -> None:
+    client = harness.openai(harness.tenant("acme"))
+    harness.table.mark("r1", "draining")
+    for _ in range(6):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert harness.upstreams[1].completed == 0 and harness.upstreams[0].completed == 6
+    harness.table.mark("r1", "ready")
+    harness.table.mark("r0", "unhealthy")
+    for _ in range(3):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert harness.upstreams[0].completed == 6 and harness.upstreams[1].completed == 3
+
+
+def test_idle_requests_go_to_the_cheaper_replica(harness: Harness) -> None:
+    client = harness.openai(harness.tenant("acme"))
+    for _ in range(5):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert harness.upstreams[1].completed == 5  # r1: 1 yuan/h vs r0: 2 yuan/h
+
+
+def test_least_outstanding_spreads_concurrent_load(harness: Harness) -> None:
+    for u in harness.upstreams:
+        u.behaviour.delay_s = 0.3
+    key = harness.tenant("acme")
+
+    async def run() -> None:
+        async with harness.async_openai(key) as client:
+            await asyncio.gather(
+                *(
+                    client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+                    for _ in range(12)
+                )
+            )
+
+    asyncio.run(run())
+    served = Counter({i: u.completed for i, u in enumerate(harness.upstreams)})
+    assert served[0] == 6 and served[1] == 6
+
+
+@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+def test_usage_records_exact_and_unique(harness: Harness) -> None:
+    client = harness.openai(harness.tenant("acme"))
+    expected_completion = 0
+    for n in range(1, 9):
+        if n % 2:
+            client.completions.create(model=MODEL, prompt="a b", max_tokens=n)
+        else:
+            list(client.completions.create(model=MODEL, prompt="a b", max_tokens=n, stream=True))
+        expected_completion += n
+    rows = usage_rows(harness)
+    assert len(rows) == 8 and len({r.request_id for r in rows}) == 8
+    assert sum(r.completion_tokens for r in rows) == expected_completion
+    assert all(r.prompt_tokens == 2 and r.status == 200 for r in rows)
+    assert all(r.cost_yuan > 0 and r.latency_ms > 0 for r in rows)
+    # cost = yuan_per_hour/3600 * busy share; sequential requests own the replica fully
+    for r in rows:
+        yuan_per_hour = 1.0 if r.replica_id == "r1" else 2.0
+        assert r.cost_yuan <= yuan_per_hour / 3600 * r.latency_ms / 1000 * 1.0001
+
+
+def test_replica_table_contract() -> None:
+    with pytest.raises(ValueError):
+        replica("x", "http://h", state="weird")
+    r = ReplicaEndpoint("a", "m", "e", "http://h", "bf16", "c", "s", 1.0, "ready")
+    from scheduler.gateway.replicas import ReplicaTable
+
+    table = ReplicaTable([r])
+    table.mark("a", "draining")
+    assert table.replicas()[0].state == "draining"
+    with pytest.raises(KeyError):
+        table.mark("missing", "ready")
+    with pytest.raises(ValueError):
+        table.set([r, r])
+
+
+def test_client_disconnect_mid_stream_is_recorded_as_499(harness: Harness) -> None:
+    for u in harness.upstreams:
+        u.behaviour.token_delay_s = 0.05
+    http = harness.http(harness.tenant("acme"))
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 40, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # got the first token; hang up
+    deadline = time.monotonic() + 5
+    rows = usage_rows(harness)
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = usage_rows(harness)
+    assert [(r.status, r.stream) for r in rows] == [(499, True)]
+    assert 1 <= rows[0].completion_tokens < 40  # billed for what was generated and sent
+    metrics = harness.http().get("/metrics").text
+    assert (
+        'cunliang_replica_outstanding_requests{device_class="cpu-test",model="demo",replica="r1",site="local"} 0.0'
+        in metrics
+    )

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from scheduler.domain import Engine, Plan, PlanStatus, Quant, Replica
+from scheduler.runtime.reconciler import Reconciler, ReplicaState, backoff_s, replica_ids
+from tests.fakes.launcher import FakeLauncher, RecordingSink
+
+
+def _replica(cls: str = "local/cpu") -> Replica:
+    return Replica("demo", Quant.FP32, cls, Engine.VLLM_CPU)
+
+
+def _plan(*replicas: Replica) -> Plan:
+    return Plan(PlanStatus.OPTIMAL, tuple(replicas))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ids_number_identical_replicas() -> None:
+    ids = list(replica_ids(_plan(_replica(), _replica(), _replica("b"))))
+    assert ids == ["demo.fp32.local-cpu.tp1.0", "demo.fp32.local-cpu.tp1.1", "demo.fp32.b.tp1.0"]
+
+
+def test_starts_missing_and_publishes_ready() -> None:
+    launcher, sink = FakeLauncher(polls_to_ready=2), RecordingSink()
+    rec = Reconciler(launcher, sink)
+    rec.apply(_plan(_replica(), _replica()))
+    first = rec.tick()
+    assert [s.state for s in first] == [ReplicaState.STARTING] * 2
+    assert len(launcher.started) == 2
+    second = rec.tick()
+    assert all(s.state is ReplicaState.READY and s.base_url for s in second)
+    rec.tick()
+    assert len(launcher.started) == 2, "idempotent: no duplicate starts"
+    assert sink.published[-1] == second
+
+
+def test_failed_replica_restarts_with_exponential_backoff() -> None:
+    clock = Clock()
+    launcher = FakeLauncher()
+    rec = Reconciler(launcher, RecordingSink(), clock=clock)
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    (rid,) = launcher.running
+    launcher.dead.add(rid)
+    st = rec.tick()[0]
+    assert st.state is ReplicaState.FAILED and "SIGKILL" in (st.last_error or "")
+    assert st.retry_at == clock.now + backoff_s(1)
+    rec.tick()
+    assert launcher.started.count(rid) == 1, "no restart before the backoff expires"
+    clock.now += backoff_s(1)
+    st = rec.tick()[0]
+    assert launcher.started.count(rid) == 2 and st.restarts == 1
+    assert rec.tick()[0].state is ReplicaState.READY
+
+
+def test_backoff_doubles_and_caps() -> None:
+    assert [backoff_s(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert backoff_s(20) == 60.0
+
+
+def test_start_error_is_status_not_crash() -> None:
+    launcher = FakeLauncher()
+    launcher.fail_start.add("demo.fp32.local-cpu.tp1.0")
+    rec = Reconciler(launcher, RecordingSink())
+    rec.apply(_plan(_replica()))
+    st = rec.tick()[0]
+    assert st.state is ReplicaState.FAILED and "no resources" in (st.last_error or "")
+
+
+def test_removed_replica_drains_until_idle_then_stops() -> None:
+    outstanding = {"n": 2}
+    launcher = FakeLauncher()
+    rec = Reconciler(launcher, RecordingSink(), outstanding=lambda _rid: outstanding["n"])
+    rec.apply(_plan(_replica(), _replica("b")))
+    rec.tick()
+    rec.apply(_plan(_replica("b")))
+    states = {s.id: s.state for s in rec.tick()}
+    assert states["demo.fp32.local-cpu.tp1.0"] is ReplicaState.DRAINING
+    assert launcher.stopped == []
+    outstanding["n"] = 0
+    states = {s.id: s.state for s in rec.tick()}
+    assert "demo.fp32.local-cpu.tp1.0" not in states
+    assert launcher.stopped == ["demo.fp32.local-cpu.tp1.0"]
+
+
+def test_restart_adopts_running_replicas_without_duplicates() -> None:
+    rid = "demo.fp32.local-cpu.tp1.0"
+    launcher = FakeLauncher(existing={rid: _replica()})
+    rec = Reconciler(launcher, RecordingSink())
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    assert launcher.started == []
+    assert rec.statuses()[0].state is ReplicaState.READY
