@@ -63,10 +63,14 @@ class AdmissionPolicy:
     on full cost (energy at PUE and tariff + ops + capex amortisation).
     """
 
-    reference_model: str = "qwen2.5-0.5b-instruct"
+    # The model every node agent profiles. Default: the demo model the agent generates
+    # locally (workers.demo_model, no download), so any node can be profiled and devices
+    # are compared on the same work. Thresholds below are in that model's tokens; an
+    # operator who profiles on a real model sets both together (--policy FILE).
+    reference_model: str = "cunliang-demo"
     # Defaults: API prices for small models are ~0.5-1 yuan per million tokens, so a device
-    # should produce >= 200k reference tokens per yuan of full cost; 0.05 tokens/J admits a
-    # dual-socket AVX-512 server on a 0.5B model (~30 tok/s at ~500 W) but not a Maxwell card.
+    # should produce >= 200k reference tokens per yuan of full cost; 0.05 tokens/J is the
+    # floor of a dual-socket AVX-512 server decoding a 0.5B model (~30 tok/s at ~500 W).
     min_tokens_per_yuan: float = 200_000.0
     min_tokens_per_joule: float = 0.05
     max_site_pue: float = 1.8

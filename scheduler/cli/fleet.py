@@ -7,9 +7,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scheduler.cli.inventory_common import actor, add_json_flag, emit, inventory
+import yaml
+
+from scheduler.cli.inventory_common import (
+    actor,
+    add_json_flag,
+    add_policy_flag,
+    emit,
+    inventory,
+    load_policy,
+)
 from scheduler.errors import InvalidInput
 from scheduler.fleetfile import load_fleet_file
+from scheduler.inventory.schemas import PolicyIn
+from scheduler.lifecycle import AdmissionPolicy
 from scheduler.settings import Settings
 
 
@@ -28,6 +39,10 @@ def register(subparsers: Any) -> None:
 
     assess = sub.add_parser("assess", help="one 准入/退出 assessment pass over every device")
     assess.add_argument("--window-hours", type=float, default=None)
+    add_policy_flag(assess)
+    pol = sub.add_parser("policy", help="print the admission policy in force (YAML)")
+    add_policy_flag(pol)
+    pol.set_defaults(func=cmd_policy)
     add_json_flag(assess)
     assess.set_defaults(func=cmd_assess)
 
@@ -63,7 +78,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
-    with inventory(settings) as service:
+    with inventory(settings, args.policy) as service:
         out = service.assess(actor(), args.window_hours)
     if args.json:
         emit(args, out)
@@ -74,4 +89,10 @@ def cmd_assess(args: argparse.Namespace, settings: Settings) -> int:
             f"{out.drained} drained, {out.retired} retired, {out.retire_blocked} retire blocked "
             f"in {out.seconds:.2f} s"
         )
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    policy = load_policy(args.policy) if args.policy else AdmissionPolicy()
+    sys.stdout.write(yaml.safe_dump(PolicyIn.of(policy).model_dump(), sort_keys=False))
     return 0

@@ -8,30 +8,50 @@ import getpass
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
 from scheduler.errors import InvalidInput
+from scheduler.inventory.schemas import PolicyIn, parse
 from scheduler.inventory.service import InventoryService
 from scheduler.inventory.usage import SqlUsageSource
+from scheduler.lifecycle import AdmissionPolicy
 from scheduler.settings import Settings
-from scheduler.store.db import open_database, upgrade
+from scheduler.store.db import ensure_schema, open_database
 
 
 @contextmanager
-def inventory(settings: Settings) -> Iterator[InventoryService]:
-    """The inventory service on ``settings.resolved_database_url`` (schema upgraded first).
+def inventory(settings: Settings, policy_file: Path | None = None) -> Iterator[InventoryService]:
+    """The inventory service on ``settings.resolved_database_url`` (schema upgraded first),
+    with the admission policy from ``policy_file`` (YAML/JSON of PolicyIn) or the defaults.
 
     No runtime is attached on the CLI: retiring needs ``--replicas-moved`` from the operator.
     """
+    policy = load_policy(policy_file) if policy_file else None
     url = settings.resolved_database_url
-    upgrade(url)
+    ensure_schema(url)
     db = open_database(url)
     try:
-        yield InventoryService(db, usage=SqlUsageSource(db))
+        yield InventoryService(db, policy=policy, usage=SqlUsageSource(db))
     finally:
         db.dispose()
+
+
+def load_policy(path: Path) -> AdmissionPolicy:
+    try:
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read policy file {path}: {exc}".replace("\n", " ")) from None
+    return parse(PolicyIn, data).to_policy()
+
+
+def add_policy_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", type=Path, help="admission policy YAML (thresholds; default built in)"
+    )
 
 
 def actor() -> str:

@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scheduler.cli.inventory_common import actor, add_json_flag, emit, inventory, pairs, table
+from scheduler.cli.inventory_common import (
+    actor,
+    add_json_flag,
+    add_policy_flag,
+    emit,
+    inventory,
+    pairs,
+    table,
+)
 from scheduler.domain import GIB
 from scheduler.errors import InvalidInput
 from scheduler.inventory.schemas import AuditOut, NodeIn, ProfileIn, parse
@@ -62,6 +70,7 @@ def register(subparsers: Any) -> None:
         p = sub.add_parser(action, help=text)
         p.add_argument("host")
         p.add_argument("--reason", default="")
+        add_policy_flag(p)
         if action == "retire":
             p.add_argument(
                 "--replicas-moved",
@@ -73,6 +82,7 @@ def register(subparsers: Any) -> None:
     prof = sub.add_parser("profile", help="store a profile JSON (as the agent posts it)")
     prof.add_argument("host")
     prof.add_argument("file", type=Path)
+    add_policy_flag(prof)
     prof.set_defaults(func=cmd_profile)
 
     audit = subparsers.add_parser("audit", help="the append-only lifecycle audit log")
@@ -198,7 +208,7 @@ def print_audit(entries: list[AuditOut]) -> None:
 
 
 def cmd_transition(args: argparse.Namespace, settings: Settings) -> int:
-    with inventory(settings) as service:
+    with inventory(settings, args.policy) as service:
         if args.action == "drain":
             out = service.drain_node(args.host, actor(), args.reason)
         elif args.action == "retire":
@@ -217,7 +227,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"cannot read profile {args.file}: {exc}") from None
     profile = parse(ProfileIn, data)
-    with inventory(settings) as service:
+    with inventory(settings, args.policy) as service:
         result = service.add_profile(args.host, profile, actor())
     print(f"profile v{result.profile.version} stored for {args.host}")
     for a in result.admission:

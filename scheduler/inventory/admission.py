@@ -43,7 +43,7 @@ def store_profile(session: Session, node: NodeRow, profile: ProfileIn, now: date
         reference_model=profile.reference_model,
         output_tokens_per_s=profile.output_tokens_per_s,
         watts=watts,
-        quants=[str(q) for q in profile.quants],
+        quants=list(profile.quants),
         payload=payload,
     )
     session.add(row)

@@ -136,15 +136,16 @@ def _tokens_per_device(facts: Sequence[DeviceFacts], by_node: dict[str, int]) ->
 def assess_all(
     session: Session,
     policy: AdmissionPolicy,
-    usage: UsageSource,
+    by_node: dict[str, int],
     replicas: ReplicaCounter,
     now: datetime,
     window: timedelta,
     actor: str,
 ) -> AssessmentOut:
+    """Judge every admitted/draining device on ``by_node`` (output tokens per host in the
+    window) and apply the verdicts in bulk."""
     started = time.perf_counter()
     facts = load_facts(session, now, ASSESSED)
-    by_node = dict(usage.completion_tokens_by_node(now - window, now))
     tokens = _tokens_per_device(facts, by_node)
     hours, seconds = window.total_seconds() / 3600.0, window.total_seconds()
     verdicts: dict[Action, list[DeviceFacts]] = defaultdict(list)

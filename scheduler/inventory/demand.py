@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from scheduler.catalog import lookup_model
 from scheduler.domain import Demand, ModelArch, ModelSpec, Quant
-from scheduler.errors import InvalidInput, ModelNotFound
+from scheduler.errors import Conflict, InvalidInput, ModelNotFound
 from scheduler.inventory.ports import UsageSource
 from scheduler.inventory.records import audit_row, write_audit
 from scheduler.inventory.schemas import DemandIn, DemandOut, FromUsageIn, ModelIn, ModelOut
@@ -90,8 +90,6 @@ def resolve_arch(body: ModelIn) -> ModelArch:
 
 def add_model(session: Session, body: ModelIn, now: datetime, actor: str) -> ModelOut:
     if session.scalar(select(ModelRow.id).where(ModelRow.name == body.name)):
-        from scheduler.errors import Conflict
-
         raise Conflict(f"Model {body.name!r} already exists.")
     arch = resolve_arch(body)
     row = ModelRow(

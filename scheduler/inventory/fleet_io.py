@@ -153,6 +153,4 @@ def export(session: Session, now: datetime) -> str:
     entry per identical device set, its hosts as ``node_ids`` so an import restores them."""
     live = tuple(s for s in LifecycleState if s is not LifecycleState.RETIRED)
     fleet, demands, models = snapshot.build(session, now, states=live)
-    return dump_fleet_file(
-        FleetFile(fleet=fleet, models={m.name: m for m in models}, demands=demands)
-    )
+    return dump_fleet_file(FleetFile(fleet=fleet, models=models, demands=demands))

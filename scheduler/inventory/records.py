@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, insert, update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from scheduler.catalog import lookup_device
@@ -120,10 +120,6 @@ def resolve_device(device: DeviceIn, where: str) -> dict[str, Any]:
         "ops_yuan_per_hour": device.ops_yuan_per_hour,
         "host_watts": device.host_watts,
     }
-
-
-def row_dict(row: Row[Any]) -> dict[str, Any]:
-    return dict(row._mapping)
 
 
 def apply_transitions(

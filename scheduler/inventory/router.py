@@ -22,11 +22,13 @@ from scheduler.inventory.schemas import (
     DeviceOut,
     FromUsageIn,
     HealthIn,
+    JoinIn,
     ModelIn,
     ModelOut,
     NodeDetail,
     NodeIn,
     NodeOut,
+    PolicyIn,
     ProfileIn,
     ProfileResult,
     SiteActionIn,
@@ -111,6 +113,11 @@ def _site_routes(router: APIRouter, service: InventoryService) -> None:
         """The append-only audit log, newest first."""
         return service.audit(subject_kind, subject, limit)
 
+    @router.get("/policy", response_model=PolicyIn)
+    def policy() -> PolicyIn:
+        """The admission and assessment thresholds in force."""
+        return PolicyIn.of(service.policy)
+
     @router.post("/assessments", response_model=AssessmentOut)
     def assess(window_hours: Annotated[float | None, Query(gt=0)] = None) -> AssessmentOut:
         """Run one assessment pass now (normally periodic)."""
@@ -138,6 +145,11 @@ def _node_routes(router: APIRouter, service: InventoryService) -> None:
     def post_profile(host: str, body: ProfileIn) -> ProfileResult:
         """Store a profile (from ``cunliang agent --post``) and run the admission policy."""
         return service.add_profile(host, body, f"agent:{host}")
+
+    @router.put("/nodes/{host}/ray", response_model=NodeOut)
+    def join(host: str, body: JoinIn) -> NodeOut:
+        """Record the node's Ray node id when it joins the cluster (null when it leaves)."""
+        return service.set_ray_node(host, body.ray_node_id, f"runtime:{host}")
 
     @router.post("/nodes/{host}/health", response_model=NodeOut)
     def post_health(host: str, body: HealthIn) -> NodeOut:

@@ -6,13 +6,14 @@ the same message; the service converts into rows and domain types.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scheduler.domain import GIB, DeviceKind, LifecycleState, Quant
 from scheduler.errors import InvalidInput
+from scheduler.lifecycle import AdmissionPolicy
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
@@ -186,10 +187,13 @@ class ProfileIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     reference_model: str = Field(min_length=1)
-    output_tokens_per_s: float = Field(gt=0, description="node decode tokens/s, best batch")
+    # 0 is a valid measurement (nothing ran): stored, and the admission policy refuses it
+    output_tokens_per_s: float = Field(ge=0, description="node decode tokens/s, best batch")
     watts: float | None = Field(default=None, ge=0, description="node power while decoding")
     measured_at: datetime | None = None
-    quants: list[Quant] = Field(default_factory=list, description="formats proven to run")
+    # names as in scheduler.domain.Quant; names this server does not know are kept but
+    # ignored by placement (a newer agent may prove formats an older server lacks)
+    quants: list[str] = Field(default_factory=list, description="formats proven to run")
     devices: list[ProfileDeviceIn] = Field(default_factory=list)
     payload: dict[str, Any] = Field(default_factory=dict)
 
@@ -238,6 +242,12 @@ class AuditOut(BaseModel):
     actor: str
     reason: str
     figures: dict[str, Any]
+
+
+class JoinIn(Strict):
+    ray_node_id: str | None = Field(
+        default=None, max_length=64, description="None when the node left the cluster"
+    )
 
 
 class TransitionIn(Strict):
@@ -353,3 +363,47 @@ class ImportOut(BaseModel):
 
 NodeDetail.model_rebuild()
 ModelOut.model_rebuild()
+
+
+class PolicyIn(Strict):
+    """The admission/assessment policy as an operator writes it (YAML/JSON file or API)."""
+
+    reference_model: str = "cunliang-demo"
+    min_tokens_per_yuan: float = Field(default=200_000.0, ge=0)
+    min_tokens_per_joule: float = Field(default=0.05, ge=0)
+    max_site_pue: float = Field(default=1.8, ge=1.0)
+    max_profile_age_days: float = Field(default=30.0, gt=0)
+    grace_period_days: float = Field(default=7.0, ge=0)
+    retire_after_draining_hours: float = Field(default=24.0, ge=0)
+    quarantine_after_failures: int = Field(default=3, ge=1)
+    assessment_window_hours: float = Field(default=168.0, gt=0)
+    min_evidence_tokens: int = Field(default=10_000, ge=0)
+
+    def to_policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(
+            reference_model=self.reference_model,
+            min_tokens_per_yuan=self.min_tokens_per_yuan,
+            min_tokens_per_joule=self.min_tokens_per_joule,
+            max_site_pue=self.max_site_pue,
+            max_profile_age=timedelta(days=self.max_profile_age_days),
+            grace_period=timedelta(days=self.grace_period_days),
+            retire_after_draining=timedelta(hours=self.retire_after_draining_hours),
+            quarantine_after_failures=self.quarantine_after_failures,
+            assessment_window=timedelta(hours=self.assessment_window_hours),
+            min_evidence_tokens=self.min_evidence_tokens,
+        )
+
+    @classmethod
+    def of(cls, policy: AdmissionPolicy) -> PolicyIn:
+        return cls(
+            reference_model=policy.reference_model,
+            min_tokens_per_yuan=policy.min_tokens_per_yuan,
+            min_tokens_per_joule=policy.min_tokens_per_joule,
+            max_site_pue=policy.max_site_pue,
+            max_profile_age_days=policy.max_profile_age / timedelta(days=1),
+            grace_period_days=policy.grace_period / timedelta(days=1),
+            retire_after_draining_hours=policy.retire_after_draining / timedelta(hours=1),
+            quarantine_after_failures=policy.quarantine_after_failures,
+            assessment_window_hours=policy.assessment_window / timedelta(hours=1),
+            min_evidence_tokens=policy.min_evidence_tokens,
+        )

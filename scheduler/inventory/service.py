@@ -92,7 +92,7 @@ class InventoryService:
         return SiteOut(**site.model_dump())
 
     def list_sites(self) -> list[SiteOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             nodes = dict(
                 session.execute(
                     select(NodeRow.site_id, func.count()).group_by(NodeRow.site_id)
@@ -112,7 +112,7 @@ class InventoryService:
         """Sites ranked by tokens/yuan over the window (东数西算 hub roll-up)."""
         now = self._clock()
         window = assessment.window_of(self.policy, window_hours)
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return assessment.site_report(session, self._usage, now, window)
 
     def site_action(
@@ -127,9 +127,10 @@ class InventoryService:
             if site_id is None:
                 raise NotFound(f"Unknown site {name!r}.", fix="list sites: cunliang site list.")
             devices = _device_states(session, NodeRow.site_id == site_id)
-            if target is S.RETIRED:
-                self._check_no_replicas(devices, replicas_moved)
-            return self._move(session, f"site {name}", devices, target, actor, reason)
+            evidence = (
+                self._check_no_replicas(devices, replicas_moved) if target is S.RETIRED else {}
+            )
+            return self._move(session, f"site {name}", devices, target, actor, reason, evidence)
 
     # ── nodes ────────────────────────────────────────────────────────────────────
     def register_node(self, node: NodeIn, actor: str) -> NodeOut:
@@ -230,7 +231,7 @@ class InventoryService:
         return len(rows)
 
     def list_nodes(self, site: str | None = None, state: str | None = None) -> list[NodeOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             query = select(NodeRow, SiteRow.name).join(SiteRow, SiteRow.id == NodeRow.site_id)
             if site:
                 query = query.where(SiteRow.name == site)
@@ -246,7 +247,7 @@ class InventoryService:
         return [n for n in out if state is None or state in n.states]
 
     def get_node(self, host: str, audit_limit: int = 50) -> NodeDetail:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             node, site_name = _node(session, host)
             devices = self._devices(session, DeviceRow.node_id == node.id)
             states = dict(Counter(str(d.state) for d in devices))
@@ -280,8 +281,8 @@ class InventoryService:
         with self._db.sessions.begin() as session:
             node, _ = _node(session, host, lock=True)
             devices = _device_states(session, DeviceRow.node_id == node.id)
-            self._check_no_replicas(devices, replicas_moved)
-            return self._move(session, f"node {host}", devices, S.RETIRED, actor, reason)
+            evidence = self._check_no_replicas(devices, replicas_moved)
+            return self._move(session, f"node {host}", devices, S.RETIRED, actor, reason, evidence)
 
     def readmit_node(self, host: str, actor: str, reason: str) -> TransitionOut:
         """Back to probation (retired, quarantined) or admitted (a drain called off);
@@ -307,6 +308,31 @@ class InventoryService:
             devices_changed=moved.devices_changed + moved2.devices_changed,
             unchanged=len(devices) - len(draining) - len(others),
         )
+
+    def set_ray_node(self, host: str, ray_node_id: str | None, actor: str) -> NodeOut:
+        """Record the Ray node id of a host when it joins the cluster (None: it left)."""
+        now = self._clock()
+        with self._db.sessions.begin() as session:
+            node, site_name = _node(session, host, lock=True)
+            before, node.ray_node_id = node.ray_node_id, ray_node_id
+            write_audit(
+                session,
+                [
+                    audit_row(
+                        now,
+                        "node",
+                        host,
+                        "join" if ray_node_id else "leave",
+                        actor,
+                        reason=f"ray node {ray_node_id or before or '-'}",
+                    )
+                ],
+            )
+            session.flush()
+            states = Counter(
+                d["state"] for d in _device_states(session, DeviceRow.node_id == node.id)
+            )
+            return _node_out(node, site_name, dict(states))
 
     def record_health(self, host: str, health: HealthIn, actor: str) -> NodeOut:
         """Count consecutive health failures; quarantine the node's devices at the limit."""
@@ -401,7 +427,7 @@ class InventoryService:
             conditions.append(DeviceRow.kind == kind)
         if host:
             conditions.append(NodeRow.host == host)
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return self._devices(session, *conditions, limit=limit)
 
     def _devices(
@@ -420,16 +446,19 @@ class InventoryService:
     def audit(
         self, subject_kind: str | None = None, subject: str | None = None, limit: int = 100
     ) -> list[AuditOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return _audit(session, subject_kind, subject, limit)
 
     # ── assessment, models, demand, snapshot, fleet files ───────────────────────
     def assess(self, actor: str = "assessment", window_hours: float | None = None) -> AssessmentOut:
         """One periodic 准入/退出 pass over every device (set-based, one transaction)."""
         window = assessment.window_of(self.policy, window_hours)
+        now = self._clock()
+        # read usage before taking the write lock: it may be a slow query on a big table
+        by_node = dict(self._usage.completion_tokens_by_node(now - window, now))
         with self._db.sessions.begin() as session:
             return assessment.assess_all(
-                session, self.policy, self._usage, self._replicas, self._clock(), window, actor
+                session, self.policy, by_node, self._replicas, now, window, actor
             )
 
     def add_model(self, model: ModelIn, actor: str) -> ModelOut:
@@ -440,7 +469,7 @@ class InventoryService:
             raise Conflict(f"Model {model.name!r} already exists.") from exc
 
     def list_models(self) -> list[ModelOut]:
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return demand.list_models(session)
 
     def set_demand(self, model: str, body: DemandIn, actor: str) -> DemandOut:
@@ -452,10 +481,10 @@ class InventoryService:
         with self._db.sessions.begin() as session:
             return demand.from_usage(session, model, body, self._usage, self._clock(), actor)
 
-    def snapshot(self) -> tuple[Fleet, tuple[Demand, ...], tuple[ModelSpec, ...]]:
+    def snapshot(self) -> tuple[Fleet, tuple[Demand, ...], dict[str, ModelSpec]]:
         """What the placement optimiser needs: admitted devices aggregated into classes
         (identical devices at one site, ``node_ids`` = hosts), demands and models."""
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return snapshot.build(session, self._clock())
 
     def import_fleet(
@@ -479,14 +508,18 @@ class InventoryService:
 
     def export_fleet(self) -> str:
         """The inventory as fleet-file YAML (what ``cunliang fleet import`` reads back)."""
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             return fleet_io.export(session, self._clock())
 
     # ── internals ────────────────────────────────────────────────────────────────
-    def _check_no_replicas(self, devices: Sequence[dict[str, Any]], replicas_moved: bool) -> None:
+    def _check_no_replicas(
+        self, devices: Sequence[dict[str, Any]], replicas_moved: bool
+    ) -> dict[str, Any]:
+        """Raise Conflict unless no replica can still run on these devices' hosts; returns
+        the evidence (runtime counts, operator confirmation) for the audit log."""
         hosts = sorted({d["host"] for d in devices if d["state"] in (S.DRAINING, S.QUARANTINED)})
         if not hosts:
-            return
+            return {}
         counts = self._replicas.running_replicas(hosts)
         busy = {h: n for h, n in counts.items() if n > 0}
         if busy:
@@ -501,6 +534,11 @@ class InventoryService:
                 f"The runtime cannot confirm that {unknown[0]} runs no replicas.",
                 fix="check that its replicas are gone, then retire with --replicas-moved.",
             )
+        return {
+            "replicas_running": sum(counts.values()),
+            "hosts_confirmed_by_runtime": len(hosts) - len(unknown),
+            "hosts_confirmed_by_operator": len(unknown),
+        }
 
     def _move(
         self,
@@ -510,6 +548,7 @@ class InventoryService:
         target: LifecycleState,
         actor: str,
         reason: str,
+        figures: dict[str, Any] | None = None,
     ) -> TransitionOut:
         """Move devices to ``target`` all-or-nothing; retired devices stay out of node/site
         moves (except readmission), devices already there are left alone."""
@@ -523,7 +562,9 @@ class InventoryService:
             check_transition(f"{subject} device {d['host']}/{d['slot']}", S(d["state"]), target)
         if not todo and devices and all(d["state"] == S.RETIRED for d in devices):
             raise Conflict(f"{subject} is retired.", fix="readmit it first.")
-        apply_transitions(session, todo, target, now, actor, reason, {})
+        apply_transitions(
+            session, todo, target, now, actor, reason, {d["id"]: figures or {} for d in todo}
+        )
         return TransitionOut(
             subject=subject,
             to_state=target,

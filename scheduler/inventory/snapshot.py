@@ -89,7 +89,7 @@ def build(
     session: Session,
     now: datetime,
     states: tuple[LifecycleState, ...] = (LifecycleState.ADMITTED,),
-) -> tuple[Fleet, tuple[Demand, ...], tuple[ModelSpec, ...]]:
+) -> tuple[Fleet, tuple[Demand, ...], dict[str, ModelSpec]]:
     """Devices in ``states`` (placement: admitted only) as classes, plus demands and models."""
     sites = {s.id: s for s in session.scalars(select(SiteRow).order_by(SiteRow.name))}
     rows = session.execute(
@@ -137,7 +137,7 @@ def build(
         )
     models, demands = model_specs(session)
     fleet = Fleet(sites=tuple(site_by_name.values()), classes=tuple(classes))
-    return fleet, demands, models
+    return fleet, demands, {m.name: m for m in models}
 
 
 def _mean_economics(items: list[Economics]) -> Economics:

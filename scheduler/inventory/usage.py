@@ -53,7 +53,7 @@ class SqlUsageSource:
             .group_by(group)
         )
         try:
-            with self._db.engine.connect() as connection:
+            with self._db.read_connection() as connection:
                 rows = connection.execute(query).all()
         except (OperationalError, ProgrammingError) as exc:
             # no usage_records table yet (gateway not installed): no evidence, not an error
@@ -88,6 +88,6 @@ class SqlUsageSource:
     def _class_hosts(self, now: datetime) -> dict[str, dict[str, int]]:
         """{class id: {host: devices of the class on it}} for serving and draining devices."""
         states = (LifecycleState.ADMITTED, LifecycleState.DRAINING)
-        with self._db.sessions() as session:
+        with self._db.readers() as session:
             fleet, _, _ = snapshot.build(session, now, states=states)
         return {c.id: {host: c.per_node for host in c.node_ids} for c in fleet.classes}

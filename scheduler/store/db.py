@@ -2,7 +2,8 @@
 
     db = open_database("sqlite:///.data/cunliang.db")   # or postgresql+psycopg://...
     upgrade(db.url)                                    # idempotent; run at every start
-    with db.sessions.begin() as session: ...
+    with db.sessions.begin() as session: ...   # writes (SQLite: BEGIN IMMEDIATE)
+    with db.readers() as session: ...          # reads (SQLite: deferred, never waits on a writer)
 
 The Alembic scripts ship inside the package (``scheduler/store/migrations``) with their
 own ``alembic.ini``, so upgrades never depend on the working directory. From a shell:
@@ -17,20 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler.errors import ConfigError
 
+# Newest revision under migrations/versions (tests/inventory/test_store.py checks it
+# against Alembic's head): lets every CLI call skip importing Alembic when up to date.
+SCHEMA_HEAD = "0001"
+
 # SQLite waits this long for a competing writer before failing with "database is locked"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# execution option marking read-only work (see Database.readers)
+READ_ONLY = "cunliang_read_only"
 
 
 @dataclass(frozen=True)
 class Database:
     url: str
     engine: Engine
-    sessions: sessionmaker[Session]
+    sessions: sessionmaker[Session]  # read-write
+    readers: sessionmaker[Session]  # read-only work; on SQLite a deferred transaction
+
+    def read_connection(self) -> Connection:
+        return self.engine.execution_options(**{READ_ONLY: True}).connect()
 
     @property
     def dialect(self) -> str:
@@ -68,7 +80,9 @@ def _sqlite_engine(url: str) -> Engine:
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: two writers queue on the busy timeout
         # instead of one failing when it upgrades a read lock (SQLITE_BUSY_SNAPSHOT).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers begin deferred: under WAL they see a snapshot and never wait on a writer.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -91,7 +105,12 @@ def open_database(url: str, *, echo: bool = False) -> Database:
             f"Unsupported database backend {backend!r}.",
             fix="use sqlite:///PATH or postgresql+psycopg://user:pass@host/db.",
         )
-    return Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    return Database(
+        url=url,
+        engine=engine,
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        readers=sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False),
+    )
 
 
 def alembic_config(url: str) -> Any:
@@ -111,6 +130,20 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
+
+
+def ensure_schema(url: str) -> None:
+    """``upgrade(url)`` unless the database already is at ``SCHEMA_HEAD`` (cheap check)."""
+    db = open_database(url)
+    try:
+        with db.engine.connect() as connection:
+            version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError:
+        version = None  # a fresh database: no alembic_version table yet
+    finally:
+        db.dispose()
+    if version != SCHEMA_HEAD:
+        upgrade(url)
 
 
 def current_revision(url: str) -> str | None:

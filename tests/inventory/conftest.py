@@ -8,14 +8,13 @@ import pytest
 
 from scheduler.inventory.schemas import DeviceIn, NodeIn, SiteIn
 from scheduler.inventory.service import InventoryService
-from scheduler.store.db import Database, open_database, upgrade
+from scheduler.store.db import Database, open_database
 from tests.fakes.inventory import FakeClock, FakeReplicas, FakeUsage
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    database = open_database(database_url)
+def db(migrated_database_url: str) -> Iterator[Database]:
+    database = open_database(migrated_database_url)
     try:
         yield database
     finally:

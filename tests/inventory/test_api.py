@@ -28,7 +28,7 @@ NODE = {
     "devices": [{"model": "Tesla T4", "count": 4, "residual_yuan": 3500}],
 }
 PROFILE = {
-    "reference_model": "qwen2.5-0.5b-instruct",
+    "reference_model": "cunliang-demo",
     "output_tokens_per_s": 800,
     "watts": 300,
     "quants": ["fp16"],
@@ -218,3 +218,40 @@ def test_openapi_documents_routes_with_response_models(client: TestClient) -> No
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("ProfileResult")
     assert "401" in paths["/admin/v1/sites"]["get"]["responses"]
     assert {"SiteIn", "NodeIn", "DeviceOut", "AuditOut"} <= set(spec["components"]["schemas"])
+
+
+def test_agent_shaped_profile_and_runtime_hooks(client: TestClient) -> None:
+    """The body ``workers.profiler.profile_post_body`` builds (CPU server, per-device figures,
+    whole profile as payload), the Ray join hook and health reports."""
+    post(client, "/admin/v1/sites", SITE, 201)
+    cpu = {
+        "host": "c1",
+        "site": "guian",
+        "devices": [{"model": "Xeon Gold 6248", "memory_bytes": 384 * 2**30, "sockets": 2}],
+    }
+    post(client, "/admin/v1/nodes", cpu, 201)
+    body = {
+        "reference_model": "cunliang-demo",
+        "output_tokens_per_s": 0.0,  # every engine probe failed: stored, then refused
+        "watts": 310.0,
+        "measured_at": "2026-03-01T07:00:00Z",
+        "quants": ["bf16", "some-future-format"],
+        "devices": [],
+        "payload": {"host": {"hostname": "c1"}, "matmul": [{"dtype": "bfloat16", "ok": False}]},
+    }
+    result = post(client, "/admin/v1/nodes/c1/profiles", body, 201)
+    assert result["admission"][0]["admitted"] is False
+    assert any("tokens/yuan" in r for r in result["admission"][0]["reasons"])
+    body.update(
+        output_tokens_per_s=60.0, devices=[{"slot": 0, "output_tokens_per_s": 60.0, "watts": 310.0}]
+    )
+    result = post(client, "/admin/v1/nodes/c1/profiles", body, 201)
+    assert result["profile"]["version"] == 2
+    assert result["admission"][0]["figures"]["tokens_per_joule"] == pytest.approx(60 / 310)
+    response = client.put("/admin/v1/nodes/c1/ray", json={"ray_node_id": "a1b2c3"}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["ray_node_id"] == "a1b2c3"
+    for _ in range(3):
+        node = post(client, "/admin/v1/nodes/c1/health", {"healthy": False, "detail": "OOM"})
+    assert node["health_failures"] == 3 and set(node["states"]) == {"quarantined"}
+    detail = client.get("/admin/v1/nodes/c1", headers=AUTH).json()
+    assert [a["action"] for a in detail["audit"]][:2] == ["health", "transition"]

@@ -17,7 +17,7 @@ from tests.fakes.inventory import FakeClock, FakeReplicas
 from tests.inventory.conftest import t4_node
 
 S = LifecycleState
-REF = "qwen2.5-0.5b-instruct"
+REF = "cunliang-demo"
 
 
 def good_profile(tokens_per_s: float = 800.0, watts: float = 300.0) -> ProfileIn:
@@ -319,7 +319,7 @@ def test_snapshot_aggregates_identical_devices_per_site(two_sites: InventoryServ
     assert guian.measured_quants == frozenset({Quant.FP16, Quant.INT8_W8A8})
     assert guian.spec.fp16_flops > 0 and guian.site.pue == 1.25
     assert guian.economics.residual_yuan == 3500
-    assert demands == () and models == ()
+    assert demands == () and models == {}
 
 
 def test_snapshot_ids_disambiguate_one_model_in_two_server_shapes(
@@ -360,3 +360,33 @@ def test_time_of_use_tariff_raises_cost(db: Database, clock: FakeClock) -> None:
     # 12 of 24 hours at 1.0 yuan/kWh more: +0.5 yuan/kWh average on 75 W x PUE 1.2
     assert costs["tou"] - costs["flat"] == pytest.approx(0.075 * 1.2 * 0.5)
     assert timedelta(0) == timedelta(0)
+
+
+def test_retirement_records_who_confirmed_no_replicas(
+    two_sites: InventoryService, replicas: FakeReplicas
+) -> None:
+    for host in ("r1", "r2"):
+        two_sites.register_node(t4_node(host), "op")
+        two_sites.add_profile(host, good_profile(), "agent")
+    two_sites.site_action("guian", "drain", "op", "move east")
+    replicas.running["r1"] = 0  # the runtime vouches for r1 only
+    with pytest.raises(Conflict, match="cannot confirm that r2"):
+        two_sites.site_action("guian", "retire", "op", "")
+    two_sites.site_action("guian", "retire", "op", "checked r2 by hand", replicas_moved=True)
+    entry = two_sites.audit(subject_kind="device", subject="r2/3")[0]
+    assert entry.to_state == "retired" and entry.reason == "checked r2 by hand"
+    assert entry.figures == {
+        "replicas_running": 0,
+        "hosts_confirmed_by_runtime": 1,
+        "hosts_confirmed_by_operator": 1,
+    }
+
+
+def test_time_of_use_bands_may_wrap_midnight_but_not_overlap() -> None:
+    base = {"name": "x", "region": "r", "tariff_yuan_per_kwh": 0.5, "pue": 1.2}
+    night = {"start_hour": 22, "end_hour": 6, "tariff_yuan_per_kwh": 0.3}
+    site = parse(SiteIn, {**base, "tou_bands": [night]})
+    assert site.tou_bands[0].hours() == {22, 23, 0, 1, 2, 3, 4, 5}
+    late = {"start_hour": 5, "end_hour": 8, "tariff_yuan_per_kwh": 0.9}
+    with pytest.raises(InvalidInput, match="overlap"):
+        parse(SiteIn, {**base, "tou_bands": [night, late]})

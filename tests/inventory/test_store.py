@@ -73,8 +73,36 @@ def test_check_constraints_guard_the_tables_too(db: Database) -> None:
         )
 
 
+def test_schema_head_constant_matches_alembic(database_url: str) -> None:
+    from alembic.script import ScriptDirectory
+
+    from scheduler.store.db import SCHEMA_HEAD, alembic_config, ensure_schema
+
+    assert (
+        ScriptDirectory.from_config(alembic_config(database_url)).get_current_head() == SCHEMA_HEAD
+    )
+    ensure_schema(database_url)  # fresh database: upgrades
+    ensure_schema(database_url)  # up to date: no Alembic at all
+    assert current_revision(database_url) == SCHEMA_HEAD
+
+
 def test_bad_urls_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="Unsupported database backend"):
         open_database("mysql://localhost/x")
     with pytest.raises(ConfigError, match="Invalid database URL"):
         open_database("not a url")
+
+
+def test_readers_do_not_wait_for_a_writer(service: InventoryService, db: Database) -> None:
+    """SQLite writers take the lock up front (BEGIN IMMEDIATE); readers must not queue
+    behind them (the assessment reads usage while holding its write transaction)."""
+    import time
+
+    service.add_site(GUIAN, "t")
+    with db.sessions.begin() as writer:
+        writer.execute(text("UPDATE sites SET hub = 'changed'"))
+        started = time.perf_counter()
+        with db.readers() as reader:
+            hub = reader.execute(text("SELECT hub FROM sites")).scalar()
+        assert time.perf_counter() - started < 2.0
+        assert hub == "guizhou"  # the writer has not committed yet
