@@ -370,3 +370,13 @@ def test_client_side_install_dry_run() -> None:
     # the migration Job is a hook, not part of the release's manifest
     assert "Job" not in kinds
     assert "cunliang key create acme" in release["notes"]
+
+
+def test_restricted_gateway_still_admits_prometheus() -> None:
+    values = fleet_values()
+    callers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    values["networkPolicy"]["gatewayFrom"] = callers
+    policy = one(render(values), "NetworkPolicy", "cunliang-gateway")
+    validate(policy)
+    sources = [rule["from"] for rule in policy["spec"]["ingress"]]
+    assert sources == [callers, values["networkPolicy"]["metricsFrom"]]
