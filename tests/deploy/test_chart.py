@@ -15,6 +15,7 @@ from tests.deploy.chart import (
     CHART,
     NAMESPACE,
     ROOT,
+    chart,
     find,
     fleet_values,
     notes,
@@ -24,7 +25,7 @@ from tests.deploy.chart import (
     validate,
 )
 
-HEAD_ADDRESS = f"cunliang-head-svc.{NAMESPACE}.svc.cluster.local:6379"
+SELECTOR = {"app.kubernetes.io/name": "cunliang", "app.kubernetes.io/instance": "cunliang"}
 VALUE_SETS = {"default": None, "fleet": fleet_values()}
 
 
@@ -135,21 +136,47 @@ def test_one_worker_group_per_device_class(fleet: list[dict[str, Any]]) -> None:
             assert "nvidia.com/gpu.product" not in selector
 
 
-def test_worker_runs_kuberays_start_and_the_agent_sidecar(
+def test_worker_runs_kuberays_start_after_the_agent(
     case: tuple[dict[str, Any] | None, list[dict[str, Any]]],
 ) -> None:
-    _, objects = case
+    values, objects = case
+    groups = (values or chart().values)["workerGroups"]
+    wanted = {g["name"]: g for g in groups}
     for group in one(objects, "RayCluster")["spec"]["workerGroupSpecs"]:
-        ray_container, agent = group["template"]["spec"]["containers"]
+        pod = group["template"]["spec"]
+        (ray_container,) = pod["containers"]
         # KubeRay generates `ray start --address=...` for container 0: no command of ours
         assert "command" not in ray_container and "args" not in ray_container
-        assert agent["name"] == "agent"
-        script = " ".join(agent["args"])
-        assert f"exec cunliang agent --join {HEAD_ADDRESS}" in script
-        # the sidecar reuses the pod's raylet through the shared /tmp/ray
+        (agent,) = pod["initContainers"]
+        assert agent["command"] == ["cunliang", "agent"]
+        assert agent["args"] == [
+            "--profile=quick",
+            "--out=/data/profile.json",
+            f"--post=http://cunliang-gateway-internal.{NAMESPACE}.svc.cluster.local:8000",
+        ]
+        # it profiles the devices the Ray container then gets, and leaves the profile in /data
+        assert agent["resources"] == ray_container["resources"]
+        assert agent["image"] == ray_container["image"]
         mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
-        ray_mounts = {m["mountPath"]: m["name"] for m in ray_container["volumeMounts"]}
-        assert mounts["/tmp/ray"] == ray_mounts["/tmp/ray"] == "ray-logs"
+        assert (
+            mounts["/data"]
+            == {m["mountPath"]: m["name"] for m in ray_container["volumeMounts"]}["/data"]
+        )
+        env = _env(agent)
+        group_values = wanted[group["groupName"]]
+        assert env["CUNLIANG_DEVICE_CLASS"] == f"{group_values['site']}/{group_values['device']}"
+        assert env["CUNLIANG_ADMIN_TOKEN"]["secretKeyRef"]["name"] == "cunliang-admin"
+
+
+def test_agent_can_be_switched_off_or_pointed_elsewhere() -> None:
+    values = fleet_values()
+    values["agent"] = {"profile": "full", "postUrl": "http://inventory.ops:8000"}
+    group = one(render(values), "RayCluster")["spec"]["workerGroupSpecs"][0]
+    args = group["template"]["spec"]["initContainers"][0]["args"]
+    assert args[0] == "--profile=full" and args[2] == "--post=http://inventory.ops:8000"
+    values["agent"] = {"enabled": False}
+    group = one(render(values), "RayCluster")["spec"]["workerGroupSpecs"][0]
+    assert "initContainers" not in group["template"]["spec"]
 
 
 def test_head_runs_the_scheduler(case: tuple[dict[str, Any] | None, list[dict[str, Any]]]) -> None:
@@ -188,13 +215,19 @@ def test_gateway_command_probes_and_service(
         "8000",
     ]
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # /healthz (503 while no replica is ready) gates traffic; liveness only asks for HTTP
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "http"}
+    internal = one(objects, "Service", "cunliang-gateway-internal")
+    assert internal["spec"]["publishNotReadyAddresses"] is True
+    assert internal["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     service = one(objects, "Service", "cunliang-gateway")
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     pdb = one(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_fleet_gateway_has_ingress_and_hpa(fleet: list[dict[str, Any]]) -> None:
@@ -278,7 +311,7 @@ def test_pods_run_non_root_with_read_only_root(
         assert pod["securityContext"]["runAsNonRoot"] is True, owner
         assert pod.get("automountServiceAccountToken") is False or owner.endswith("/head"), owner
         volumes = {v["name"]: v for v in pod["volumes"]}
-        for container in pod["containers"]:
+        for container in pod["containers"] + pod.get("initContainers", []):
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False, owner
             assert context["readOnlyRootFilesystem"] is True, owner
@@ -370,3 +403,14 @@ def test_client_side_install_dry_run() -> None:
     # the migration Job is a hook, not part of the release's manifest
     assert "Job" not in kinds
     assert "cunliang key create acme" in release["notes"]
+
+
+def test_restricted_gateway_still_admits_prometheus() -> None:
+    values = fleet_values()
+    callers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+    values["networkPolicy"]["gatewayFrom"] = callers
+    policy = one(render(values), "NetworkPolicy", "cunliang-gateway")
+    validate(policy)
+    sources = [rule["from"] for rule in policy["spec"]["ingress"]]
+    own_pods = [{"podSelector": {"matchLabels": SELECTOR}}]
+    assert sources == [callers, own_pods, values["networkPolicy"]["metricsFrom"]]

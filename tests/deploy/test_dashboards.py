@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,14 @@ def test_every_expression_parses(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
+    script = ROOT / "deploy" / "grafana" / "make_dashboards.py"
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], check=True, capture_output=True, timeout=60
+    )
+    for path in DASHBOARDS:
+        assert (tmp_path / path.name).read_text() == path.read_text(), (
+            f"{path.name} differs from deploy/grafana/make_dashboards.py's output: run it"
+        )

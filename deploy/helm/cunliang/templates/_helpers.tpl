@@ -62,9 +62,11 @@ app.kubernetes.io/part-of: cunliang
 {{- printf "%s-head-svc" (include "cunliang.rayClusterName" .) -}}
 {{- end -}}
 
-{{- define "cunliang.rayHeadAddress" -}}
-{{- printf "%s.%s.svc.cluster.local:6379" (include "cunliang.rayHeadService" .) .Release.Namespace -}}
+{{/* Gateway pods whether ready or not: in-cluster callers of the admin API (agents, CLI). */}}
+{{- define "cunliang.gatewayInternalService" -}}
+{{- printf "%s-gateway-internal.%s.svc.cluster.local" (include "cunliang.fullname" .) .Release.Namespace -}}
 {{- end -}}
+
 
 {{- define "cunliang.adminSecretName" -}}
 {{- default (printf "%s-admin" (include "cunliang.fullname" .)) .Values.adminToken.existingSecret -}}
@@ -153,7 +155,7 @@ Fails the install with a message naming the offending entries.
 {{- end -}}
 
 {{/*
-Ray containers: /tmp/ray is shared with the sidecars so they attach to this pod's raylet.
+Ray containers: /tmp/ray is shared with the head's scheduler sidecar so it attaches to the raylet.
 The volume is named "ray-logs" because that is the name KubeRay looks for when it adds the
 autoscaler: it then mounts this same volume in the autoscaler instead of a second one.
 */}}
