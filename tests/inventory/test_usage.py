@@ -1,85 +1,108 @@
-"""SqlUsageSource over a ``usage_records`` table of the gateway's shape (same columns the
-gateway's tenancy store defines), on both backends."""
+"""SqlUsageSource over the gateway's real ``usage_records`` (migration 0002), written with
+the gateway's own ``insert_usage``, on both backends."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import Boolean, Column, DateTime, Float, Integer, MetaData, String, Table, insert
+import pytest
 
 from scheduler.inventory.service import InventoryService
 from scheduler.inventory.usage import SqlUsageSource
-from scheduler.store.db import Database
+from scheduler.store.db import Database, open_database
+from scheduler.store.tenancy import TenantRow, insert_usage
 from tests.fakes.inventory import FakeClock
 from tests.inventory.conftest import GUIAN, t4_node
 from tests.inventory.test_service import good_profile
 
 
-def gateway_usage_table(db: Database) -> Table:
-    """The columns of the gateway's usage_records (scheduler/store/tenancy.py on its branch)."""
-    table = Table(
-        "usage_records",
-        MetaData(),
-        Column("id", Integer, primary_key=True),
-        Column("request_id", String(64), unique=True, nullable=False),
-        Column("tenant_id", Integer, nullable=False),
-        Column("model", String(128), nullable=False),
-        Column("replica_id", String(128), nullable=False, default=""),
-        Column("device_class", String(128), nullable=False, default=""),
-        Column("site", String(64), nullable=False, default=""),
-        Column("prompt_tokens", Integer, nullable=False, default=0),
-        Column("completion_tokens", Integer, nullable=False, default=0),
-        Column("latency_ms", Float, nullable=False, default=0.0),
-        Column("status", Integer, nullable=False),
-        Column("stream", Boolean, nullable=False, default=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-    )
-    table.create(db.engine)
-    return table
+def test_no_table_means_no_usage(tmp_path: Path, clock: FakeClock) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'empty.db'}")  # never migrated
+    try:
+        source = SqlUsageSource(db)
+        assert source.completion_tokens_by_model(clock.now - timedelta(days=1), clock.now) == {}
+        assert source.available is False and "usage_records" in source.problem
+    finally:
+        db.dispose()
 
 
-def test_no_table_means_no_usage(db: Database, clock: FakeClock) -> None:
-    source = SqlUsageSource(db)
-    assert source.completion_tokens_by_model(clock.now - timedelta(days=1), clock.now) == {}
-    assert source.available is False and "usage_records" in source.problem
-
-
-def test_tokens_by_model_and_node(db: Database, clock: FakeClock) -> None:
-    service = InventoryService(db, clock=clock)
-    service.add_site(GUIAN, "t")
-    for host in ("g1", "g2"):
-        service.register_node(t4_node(host), "t")
-        service.add_profile(host, good_profile(), "agent")
-    (cls,) = service.snapshot()[0].classes
-    table = gateway_usage_table(db)
-    now = clock.now
-    rows = [
-        # (model, device_class, completion tokens, status, age)
-        ("qwen", cls.id, 1000, 200, timedelta(hours=1)),
-        ("qwen", cls.id, 500, 200, timedelta(hours=2)),
-        ("qwen", cls.id, 9999, 502, timedelta(hours=1)),  # failed: not served work
-        ("qwen", cls.id, 7777, 200, timedelta(days=3)),  # outside the window
-        ("llama", "gone/class", 300, 200, timedelta(hours=1)),  # class no longer exists
-    ]
-    with db.engine.begin() as conn:
-        conn.execute(
-            insert(table),
+def record(db: Database, rows: list[tuple[str, str, int, int, timedelta]], now: datetime) -> int:
+    """Store usage as the gateway does: (model, device_class, completion tokens, status, age)."""
+    with db.sessions.begin() as session:
+        tenant = session.query(TenantRow).filter_by(name="acme").first()
+        if tenant is None:
+            tenant = TenantRow(name="acme", allowed_models=[], created_at=now)
+            session.add(tenant)
+            session.flush()
+        return insert_usage(
+            session,
             [
                 {
-                    "request_id": f"r{i}",
-                    "tenant_id": 1,
+                    "request_id": f"r{i}-{m}-{n}-{age.total_seconds()}",
+                    "tenant_id": tenant.id,
                     "model": m,
+                    "quant": "fp16",
+                    "replica_id": f"{m}/x",
                     "device_class": c,
+                    "site": "guian",
+                    "prompt_tokens": 10,
                     "completion_tokens": n,
+                    "latency_ms": 100.0,
+                    "cost_yuan": 0.0,
                     "status": s,
+                    "stream": False,
                     "created_at": now - age,
                 }
                 for i, (m, c, n, s, age) in enumerate(rows)
             ],
         )
+
+
+def admitted_t4s(db: Database, clock: FakeClock) -> tuple[InventoryService, str]:
+    service = InventoryService(db, clock=clock, usage=SqlUsageSource(db))
+    service.add_site(GUIAN, "t")
+    for host in ("g1", "g2"):
+        service.register_node(t4_node(host), "t")
+        service.add_profile(host, good_profile(), "agent")
+    (cls,) = service.snapshot()[0].classes
+    return service, cls.id
+
+
+def test_tokens_by_model_and_node(db: Database, clock: FakeClock) -> None:
+    _, class_id = admitted_t4s(db, clock)
+    now = clock.now
+    rows = [
+        # (model, device_class, completion tokens, status, age)
+        ("qwen", class_id, 1000, 200, timedelta(hours=1)),
+        ("qwen", class_id, 500, 200, timedelta(hours=2)),
+        ("qwen", class_id, 9999, 502, timedelta(hours=1)),  # failed: not served work
+        ("qwen", class_id, 7777, 200, timedelta(days=3)),  # outside the window
+        ("llama", "gone/class", 300, 200, timedelta(hours=1)),  # class no longer exists
+    ]
+    stored = record(db, rows, now)
+    assert stored == len(rows)
     source = SqlUsageSource(db)
     since = now - timedelta(days=1)
     assert source.completion_tokens_by_model(since, now) == {"qwen": 1500, "llama": 300}
     # class tokens split over its two hosts (4 devices each)
     assert source.completion_tokens_by_node(since, now) == {"g1": 750, "g2": 750}
     assert source.available
+
+
+def test_assessment_and_demand_from_real_usage_records(db: Database, clock: FakeClock) -> None:
+    """The whole loop on the gateway's table: usage -> per-node tokens -> verdicts, demand."""
+    service, class_id = admitted_t4s(db, clock)
+    week = timedelta(days=7)
+    # 8 T4s cost ~0.2 yuan/h each: ~270 yuan a week; 1M tokens is far below 200k tokens/yuan
+    record(db, [("qwen", class_id, 1_000_000, 200, timedelta(days=1))], clock.now)
+    out = service.assess("test")
+    assert (out.assessed, out.watching) == (8, 8)
+    assert out.usage_basis == "usage records of 2 node(s)"
+    from scheduler.inventory.schemas import FromUsageIn, ModelIn
+
+    service.add_model(ModelIn(name="qwen", source="Qwen/Qwen2.5-7B-Instruct"), "t")
+    demand = service.demand_from_usage(
+        "qwen", FromUsageIn(window_hours=week / timedelta(hours=1), headroom=0.0), "t"
+    )
+    assert demand.output_tokens_per_s == pytest.approx(1_000_000 / week.total_seconds(), rel=1e-3)
