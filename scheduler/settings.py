@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # short path: Ray puts unix sockets under it (107-byte limit); None = a fresh /tmp dir
     ray_temp_dir: Path | None = None
 
+    # 准入/退出 assessment of every device on real usage, this often (seconds)
+    assessment_interval_s: float = 3600.0
+
     admin_token: str | None = Field(default=None, description="None = generated at first start")
     site_name: str = "local"
     site_region: str = "local"

@@ -112,7 +112,9 @@ class _EmbeddedStack:
         self.cleanup = cleanup
 
     def run(self) -> int:
+        from scheduler.inventory.periodic import AssessmentLoop
         from scheduler.inventory.service import InventoryService
+        from scheduler.inventory.usage import SqlUsageSource
         from scheduler.store.db import open_database, upgrade
 
         url = self.s.resolved_database_url
@@ -120,7 +122,12 @@ class _EmbeddedStack:
         upgrade(url)
         database = open_database(url)
         self.cleanup.callback(database.dispose)
-        inventory = InventoryService(database, policy=self._policy())
+        inventory = InventoryService(
+            database, policy=self._policy(), usage=SqlUsageSource(database)
+        )
+        assessment = AssessmentLoop(inventory, self.s.assessment_interval_s, actor="cunliang up")
+        assessment.start()
+        self.cleanup.callback(assessment.stop)
 
         model_dir, model_name = self._model()
         local = self._register_and_profile(inventory, model_dir, model_name)

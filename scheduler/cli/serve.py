@@ -105,7 +105,9 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.inventory.periodic import AssessmentLoop
     from scheduler.inventory.service import InventoryService
+    from scheduler.inventory.usage import SqlUsageSource
     from scheduler.placement import plan
     from scheduler.runtime.actors import vllm_actor_args
     from scheduler.runtime.controller import Controller
@@ -116,7 +118,8 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
 
     database = _open_migrated(settings)
     init_ray(settings.ray_address or "auto")
-    inventory = InventoryService(database)
+    inventory = InventoryService(database, usage=SqlUsageSource(database))
+    assessment = AssessmentLoop(inventory, settings.assessment_interval_s)
     holder: dict[str, Controller] = {}
     # detached actors outlive this process: a restarted scheduler adopts them (no duplicates)
     launcher = RayLauncher(
@@ -136,8 +139,10 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     print("cunliang scheduler: running (replicas survive a scheduler restart)", flush=True)
     controller.tick()
     loop.start()
+    assessment.start()
     while not stop.wait(args.replan_interval_s):
         controller.tick()
+    assessment.stop()
     loop.stop()
     database.dispose()
     return 0
