@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scheduler.catalog import lookup_model
+from scheduler.catalog import arch_from_hf_config, lookup_model
 from scheduler.domain import Demand, ModelArch, ModelSpec, Quant
 from scheduler.errors import Conflict, InvalidInput, ModelNotFound
 from scheduler.inventory.ports import UsageSource
@@ -44,33 +44,6 @@ def arch_from_dict(name: str, values: dict[str, float]) -> ModelArch:
         ) from exc
 
 
-def arch_from_config(name: str, config: dict[str, Any]) -> ModelArch:
-    """A Hugging Face config.json -> ModelArch (parameter count estimated from shapes)."""
-    hidden = int(config["hidden_size"])
-    layers = int(config["num_hidden_layers"])
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads", heads))
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    inter = int(config.get("intermediate_size", 4 * hidden))
-    vocab = int(config.get("vocab_size", 32000))
-    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q, o + k, v projections
-    mlp = 3 * hidden * inter  # gate, up, down (SwiGLU)
-    embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
-    params = layers * (attention + mlp) + embeddings
-    return ModelArch(
-        name=name,
-        params_b=params / 1e9,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        vocab=vocab,
-        intermediate=inter,
-        max_model_len=int(config.get("max_position_embeddings", 4096)),
-    )
-
-
 def resolve_arch(body: ModelIn) -> ModelArch:
     """Stated arch, else the catalogue (by name or source id), else the source's config.json."""
     if body.arch is not None:
@@ -80,7 +53,7 @@ def resolve_arch(body: ModelIn) -> ModelArch:
             return arch_from_dict(body.name, arch_to_dict(known))
     config = Path(body.source) / "config.json"
     if config.is_file():
-        return arch_from_config(body.name, json.loads(config.read_text("utf-8")))
+        return arch_from_hf_config(json.loads(config.read_text("utf-8")), body.name)
     raise InvalidInput(
         f"Architecture of {body.name!r} is unknown (not in the catalogue, no config.json at "
         f"{body.source!r}).",
