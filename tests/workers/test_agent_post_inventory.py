@@ -13,7 +13,7 @@ from scheduler.inventory.router import inventory_router
 from scheduler.inventory.service import InventoryService
 from scheduler.store.db import open_database, upgrade
 from tests.fakes.inventory import FakeReplicas, FakeUsage
-from tests.workers.test_profiler import _profile
+from tests.workers.test_profiler import sample_profile
 from workers.profiler import profile_post_body
 
 TOKEN = "adm-cl-agent-test"
@@ -32,7 +32,7 @@ def test_profile_body_is_accepted_and_stored_by_the_inventory(tmp_path: Path) ->
         auth = {"Authorization": f"Bearer {TOKEN}"}
         site = {"name": "lab", "region": "east", "tariff_yuan_per_kwh": 0.6, "pue": 1.4}
         assert client.post("/admin/v1/sites", json=site, headers=auth).status_code == 201
-        profile = _profile(int8_ok=True)
+        profile = sample_profile(int8_ok=True)
         host = profile.host.hostname
         # GPUs first, then the CPU: the slots profile_post_body assumes
         node = {
