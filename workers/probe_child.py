@@ -27,20 +27,26 @@ def _emit(result: dict[str, Any]) -> None:
 
 
 def matmul(dtype_name: str, size: int, seconds: float) -> dict[str, Any]:
-    """FLOP/s of a square torch matmul in ``dtype_name`` on the CPU (all threads)."""
+    """Peak FLOP/s of a square torch matmul in ``dtype_name`` on the CPU (all threads).
+
+    The best of many single multiplications within ``seconds``: on a shared machine an
+    average measures the neighbours; the best run measures the hardware.
+    """
     import torch
 
     dtype = getattr(torch, dtype_name)
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     torch.matmul(a, b)  # warm-up: first call picks kernels (and faults on missing ISA)
+    best_s = float("inf")
     runs = 0
     start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds or runs < 3:
+        t0 = time.perf_counter()
         torch.matmul(a, b)
+        best_s = min(best_s, time.perf_counter() - t0)
         runs += 1
-    elapsed = time.perf_counter() - start
-    return {"flops_per_s": 2.0 * size**3 * runs / elapsed, "threads": torch.get_num_threads()}
+    return {"flops_per_s": 2.0 * size**3 / best_s, "threads": torch.get_num_threads(), "runs": runs}
 
 
 def _prompts(batch: int, salt: int, vocab_limit: int) -> list[Any]:

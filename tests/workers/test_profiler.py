@@ -15,7 +15,7 @@ from workers.profiler import (
 )
 
 
-def _profile(int8_ok: bool) -> MachineProfile:
+def sample_profile(int8_ok: bool) -> MachineProfile:
     rows = (BatchThroughput(1, 1000.0, 50.0), BatchThroughput(8, 4000.0, 300.0))
     return MachineProfile(
         kind="full",
@@ -43,7 +43,7 @@ def _profile(int8_ok: bool) -> MachineProfile:
 
 
 def test_profile_json_is_plain_json_with_sorted_flags() -> None:
-    document = _profile(True).to_json()
+    document = sample_profile(True).to_json()
     text = json.dumps(document)  # raises on frozenset / dataclass leftovers
     back = json.loads(text)
     assert back["host"]["cpu"]["isa_flags"] == sorted(back["host"]["cpu"]["isa_flags"])
@@ -61,12 +61,12 @@ def test_profile_json_is_plain_json_with_sorted_flags() -> None:
 
 
 def test_post_body_carries_best_decode_rate_and_proven_formats() -> None:
-    body = profile_post_body(_profile(True))
+    body = profile_post_body(sample_profile(True))
     assert body["output_tokens_per_s"] == 420.0  # int8 W8A8 at batch 8 was the best
-    assert body["quants"] == ["fp32", "int8-w8a8"] == proven_quant_names(_profile(True))
+    assert body["quants"] == ["fp32", "int8-w8a8"] == proven_quant_names(sample_profile(True))
     assert body["devices"] == [{"slot": 3, "output_tokens_per_s": 420.0, "watts": None}]
     assert body["payload"]["fingerprint"] == "abc"
-    failed = profile_post_body(_profile(False))
+    failed = profile_post_body(sample_profile(False))
     assert failed["quants"] == ["fp32"] and failed["output_tokens_per_s"] == 300.0
 
 
