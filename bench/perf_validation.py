@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python bench/perf_validation.py [--out-dir .data/perf-validation]
 
-For 3 generated model sizes x batch 1/4/16, vLLM offline (float32, enforce_eager,
+For 5 generated model sizes x batch 1/4/16, vLLM offline (float32, enforce_eager,
 VLLM_CPU_KVCACHE_SPACE=1, through workers.probe.probe_engine in a subprocess) measures
 decode tokens/s. The roofline predicts the same points from this machine's measured
 memory bandwidth and fp32 matmul rate:
@@ -34,7 +34,13 @@ HERE = Path(__file__).resolve().parent
 BATCHES = (1, 4, 16)
 DECODE_TOKENS = 64
 # (hidden, layers, heads, intermediate): heads keep head_dim = 64 (vLLM CPU attention)
-SIZES = ((256, 4, 4, 688), (512, 8, 8, 1376), (1024, 8, 16, 2752))
+SIZES = (
+    (256, 4, 4, 688),
+    (512, 8, 8, 1376),
+    (768, 8, 12, 2064),
+    (1024, 8, 16, 2752),
+    (1536, 12, 24, 4128),
+)
 
 
 def machine() -> dict[str, Any]:
@@ -133,8 +139,19 @@ def predicted_decode(spec: DeviceSpec, p: MeasuredPoint, eff: dict[str, float] |
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", default=".data/perf-validation")
+    ap.add_argument("--reuse", type=Path, help="re-analyse the measurements of a results file")
     args = ap.parse_args()
-    rates, runs = measure(Path(args.out_dir))
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())
+        rates = {
+            k: old["metrics"][f"measured_{k}"]
+            for k in ("memory_bandwidth_bytes_per_s", "fp32_flops")
+        }
+        runs = old["runs"]
+        when = old["when"]
+    else:
+        rates, runs = measure(Path(args.out_dir))
+        when = datetime.now(UTC).isoformat(timespec="seconds")
     spec = local_cpu(rates["memory_bandwidth_bytes_per_s"], rates["fp32_flops"])
     pts = points(runs)
     measured = [p.decode_tokens_per_s for _, p in pts]
@@ -145,10 +162,16 @@ def main() -> None:
     for model, p in pts:
         eff = fit_efficiency(spec, [q for m, q in pts if m != model])
         held_out.append(predicted_decode(spec, p, eff))
+    # extrapolation in batch: fit on batch 1 and 4 of every model, predict batch 16
+    low = fit_efficiency(spec, [p for _, p in pts if p.workload.batch < 16])
+    batch16 = [p for _, p in pts if p.workload.batch == 16]
+    batch16_pred = [predicted_decode(spec, p, low) for p in batch16]
+    batch16_meas = [p.decode_tokens_per_s for p in batch16]
     metrics = {
         "measured_memory_bandwidth_bytes_per_s": rates["memory_bandwidth_bytes_per_s"],
         "measured_fp32_flops": rates["fp32_flops"],
         "decode_mape_default_efficiency_pct": mape(baseline, measured),
+        "decode_mape_fitted_held_out_batch16_pct": mape(batch16_pred, batch16_meas),
         "decode_mape_fitted_leave_one_model_out_pct": mape(held_out, measured),
         "decode_mape_fitted_in_sample_pct": mape(in_sample, measured),
         "fitted_decode_efficiency": in_sample_eff.get("decode", 0.0),
@@ -168,9 +191,10 @@ def main() -> None:
     ]
     body = {
         "benchmark": "perf_validation",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "when": when,  # of the measurements
         "machine": machine(),
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "fitted_efficiency": in_sample_eff,
         "points": table,
         "runs": runs,
     }
@@ -178,7 +202,7 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(body, indent=2) + "\n")
     print(
-        f"| perf model vs real vLLM CPU decode (3 generated Llamas x batch 1/4/16, fp32) | "
+        f"| perf model vs real vLLM CPU decode (5 generated Llamas x batch 1/4/16, fp32) | "
         f"MAPE {metrics['decode_mape_fitted_leave_one_model_out_pct']:.1f}% fitted "
         f"(leave-one-model-out), {metrics['decode_mape_fitted_in_sample_pct']:.1f}% in-sample | "
         f"default factors {metrics['decode_mape_default_efficiency_pct']:.1f}% | goal <= 10% |"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from scheduler.domain import GIB, DeviceKind, DeviceSpec, Engine, ModelArch, Quant
 
@@ -237,6 +238,9 @@ def _efficiency(
 ) -> dict[str, float]:
     eff = dict(DEFAULT_EFFICIENCY[(engine, kind)])
     eff["step_overhead_s"] = STEP_OVERHEAD_S[engine]
+    # per running sequence per step (scheduling, sampling, per-sequence kernels in eager
+    # mode): 0 by default, fitted from profiles where it shows (CPU engines)
+    eff["seq_overhead_s"] = 0.0
     eff.update(overrides)
     return eff
 
@@ -351,6 +355,7 @@ def _timings(
     mem_s = (w_read + b * ctx * base.kv_bytes_per_token) / bandwidth
     comp_s = (2 * params * b + 4 * attn_dims * ctx * b) / tp / peak
     step_s = max(mem_s, comp_s) + _allreduce_s(arch, quant, spec, tp, b) + overhead
+    step_s += b * eff["seq_overhead_s"]
     tpot_s = step_s + (b / wl.output_tokens) * prefill_s
     kv_used = b * (wl.prompt_tokens + wl.output_tokens) * base.kv_bytes_per_token
     return _replace(
@@ -435,53 +440,86 @@ class MeasuredPoint:
     tp: int = 1
 
 
-def fit_efficiency(spec: DeviceSpec, points: Sequence[MeasuredPoint]) -> dict[str, float]:
+def batch_prefill_s(
+    arch: ModelArch,
+    quant: Quant,
+    spec: DeviceSpec,
+    prompt_tokens: int,
+    prompts: int = 1,
+    tp: int = 1,
+    efficiency: Mapping[str, float] | None = None,
+) -> float:
+    """Seconds to prefill ``prompts`` prompts of ``prompt_tokens`` in one forward pass."""
+    spec = with_cpu_defaults(spec)
+    engine = select_engine(spec, quant, frozenset({quant})).engine or Engine.VLLM
+    eff = _efficiency(engine, spec.kind, efficiency or {})
+    peak = _peak_flops(spec, quant, engine) * eff["prefill"]
+    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
+    p = prompt_tokens
+    attn_dims = arch.layers * arch.heads * arch.head_dim
+    flops = prompts * (2 * arch.params_b * 1e9 * p + 2 * attn_dims * p * p) / tp
+    w_read = _decode_read_bytes(arch, quant) / tp
+    return max(flops / peak, w_read / bandwidth) + eff["step_overhead_s"]
+
+
+# bounds of fitted factors: efficiencies may exceed 1 when caches beat DRAM on tiny models
+_FIT_BOUNDS = {
+    "decode": (0.01, 5.0),
+    "prefill": (0.01, 5.0),
+    "step_overhead_s": (1e-6, 0.5),
+    "seq_overhead_s": (1e-8, 0.05),
+}
+_FIT_KEYS = ("decode", "prefill", "step_overhead_s", "seq_overhead_s")
+
+
+def fit_efficiency(
+    spec: DeviceSpec,
+    points: Sequence[MeasuredPoint],
+    prefill_weight: float = 0.5,
+    keys: Sequence[str] = _FIT_KEYS,
+) -> dict[str, float]:
     """Efficiency factors that make the roofline match measured points.
 
-    Decode: the measured step time ``batch / tokens_per_s`` is modelled as
-    ``bytes_read / (bandwidth x eff) + overhead``, linear in ``(1/eff, overhead)``,
-    solved by non-negative least squares on relative error. Prefill: the mean ratio
-    of roofline to measured time. Returns ``{"decode", "step_overhead_s", "prefill"}``
-    (keys for which there were no points are omitted).
+    Least squares on relative error (scipy ``least_squares``, log-parametrised) of the
+    predicted decode-step rate ``batch / step`` against each point's decode tokens/s,
+    plus, weighted by ``prefill_weight``, the batch prefill rate where measured. Fits
+    ``decode`` (fraction of bandwidth), ``prefill`` (fraction of peak FLOPs, used by
+    compute-bound steps too), ``step_overhead_s`` and ``seq_overhead_s`` (per running
+    sequence per step); ``keys`` picks which (the rest keep their defaults). Empty when
+    there are no points.
     """
     import numpy as np
-    from scipy.optimize import nnls
+    from scipy.optimize import least_squares
 
-    rows, target = [], []
-    for pt in points:
-        if pt.decode_tokens_per_s <= 0:
-            continue
-        wl = pt.workload
-        ctx = wl.prompt_tokens + wl.output_tokens / 2
-        kv = kv_bytes_per_token(pt.arch, pt.quant, pt.tp)
-        read = _decode_read_bytes(pt.arch, pt.quant) / pt.tp + wl.batch * ctx * kv
-        step_s = wl.batch / pt.decode_tokens_per_s
-        # divide by step_s: least squares on relative error, so small steps weigh the same
-        rows.append([read / spec.memory_bandwidth_bytes_per_s / step_s, 1.0 / step_s])
-        target.append(1.0)
-    out: dict[str, float] = {}
-    if rows:
-        (inv_eff, overhead_s), _ = nnls(np.array(rows), np.array(target))
-        if inv_eff > 0:
-            out["decode"] = float(1.0 / inv_eff)
-            out["step_overhead_s"] = float(overhead_s)
-    ratios = []
-    for pt in points:
-        if not pt.prefill_tokens_per_s:
-            continue
-        choice = select_engine(spec, pt.quant)
-        engine = choice.engine or Engine.VLLM_CPU
-        peak = _peak_flops(spec, pt.quant, engine)
-        p = pt.workload.prompt_tokens
-        flops = (
-            2 * pt.arch.params_b * 1e9 * p
-            + 2 * pt.arch.layers * pt.arch.heads * pt.arch.head_dim * p * p
-        ) / pt.tp
-        if peak > 0:
-            ratios.append((flops / peak) / (p / pt.prefill_tokens_per_s))
-    if ratios:
-        out["prefill"] = float(sum(ratios) / len(ratios))
-    return out
+    usable = [p for p in points if p.decode_tokens_per_s > 0]
+    if not usable:
+        return {}
+    spec = with_cpu_defaults(spec)
+    engine = select_engine(spec, usable[0].quant, frozenset({usable[0].quant})).engine
+    start = _efficiency(engine or Engine.VLLM, spec.kind, {})
+
+    def unpack(z: Any) -> dict[str, float]:
+        return {k: float(math.exp(v)) for k, v in zip(keys, z, strict=True)}
+
+    def residuals(z: Any) -> list[float]:
+        eff = unpack(z)
+        out = []
+        for p in usable:
+            r = predict(p.arch, p.quant, spec, p.workload, p.tp, eff, frozenset({p.quant}))
+            rate = p.workload.batch / (r.step_ms / 1000.0) if r.ok and r.step_ms > 0 else 0.0
+            out.append(rate / p.decode_tokens_per_s - 1.0)
+            if p.prefill_tokens_per_s:
+                wl = p.workload
+                pf_s = batch_prefill_s(p.arch, p.quant, spec, wl.prompt_tokens, wl.batch, p.tp, eff)
+                pf_rate = wl.batch * wl.prompt_tokens / pf_s
+                out.append(prefill_weight * (pf_rate / p.prefill_tokens_per_s - 1.0))
+        return out
+
+    lo = np.log([_FIT_BOUNDS[k][0] for k in keys])
+    hi = np.log([_FIT_BOUNDS[k][1] for k in keys])
+    x0 = np.clip(np.log([max(start[k], 1e-6) for k in keys]), lo + 1e-9, hi - 1e-9)
+    sol = least_squares(residuals, x0, bounds=(lo, hi))
+    return unpack(sol.x)
 
 
 def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:

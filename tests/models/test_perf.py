@@ -11,6 +11,7 @@ from scheduler.domain import GIB, DeviceKind, DeviceSpec, Engine, ModelArch, Qua
 from scheduler.perf import (
     MeasuredPoint,
     Workload,
+    batch_prefill_s,
     fit_efficiency,
     mape,
     max_batch_at_slo,
@@ -126,12 +127,14 @@ def test_unprofiled_cpu_gets_conservative_defaults() -> None:
 
 def test_fit_efficiency_recovers_the_factors_it_was_built_with() -> None:
     spec = device("Tesla T4")
-    truth = {"decode": 0.55, "step_overhead_s": 0.004, "prefill": 0.3}
+    truth = {"decode": 0.55, "step_overhead_s": 0.004, "prefill": 0.3, "seq_overhead_s": 0.0}
     points = []
-    for b in (1, 4, 16):
-        r = predict(QWEN7, Quant.INT4_AWQ, spec, Workload(b, 512, 128), efficiency=truth)
+    for b in (1, 2, 4, 8, 16, 32):
+        wl = Workload(b, 512, 128)
+        r = predict(QWEN7, Quant.INT4_AWQ, spec, wl, efficiency=truth)
         step_rate = b / (r.step_ms / 1000)  # decode alone, as an offline profile measures
-        points.append(MeasuredPoint(QWEN7, Quant.INT4_AWQ, Workload(b, 512, 128), step_rate))
+        prefill_rate = b * 512 / batch_prefill_s(QWEN7, Quant.INT4_AWQ, spec, 512, b, 1, truth)
+        points.append(MeasuredPoint(QWEN7, Quant.INT4_AWQ, wl, step_rate, prefill_rate))
     fitted = fit_efficiency(spec, points)
     refit = [
         p.workload.batch
@@ -139,5 +142,6 @@ def test_fit_efficiency_recovers_the_factors_it_was_built_with() -> None:
         for p in points
     ]
     assert mape(refit, [p.decode_tokens_per_s for p in points]) < 1.0
-    assert fitted["decode"] == pytest.approx(0.55, rel=0.02)
-    assert fitted["step_overhead_s"] == pytest.approx(0.004, rel=0.05)
+    assert fitted["decode"] == pytest.approx(0.55, rel=0.05)
+    assert fitted["prefill"] == pytest.approx(0.3, rel=0.05)
+    assert fit_efficiency(spec, []) == {}
