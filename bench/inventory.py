@@ -40,9 +40,7 @@ from scheduler.store.db import open_database, upgrade
 from scheduler.store.inventory import DeviceRow, NodeRow, SiteRow
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path("/work/shared/scenarios/reference-fleet.yaml")
-if not REFERENCE.exists():
-    REFERENCE = ROOT / "scenarios" / "reference-fleet.yaml"
+REFERENCE = ROOT / "bench" / "data" / "reference-fleet.yaml"  # copy of ../shared's
 NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 

@@ -1,13 +1,13 @@
 """`cunliang plan` and `cunliang predict`: what-if placement and single-replica predictions.
 
-    cunliang plan --fleet FILE [--demand FILE] [--cost marginal|full] [--margin 0.85]
+    cunliang plan --fleet FILE|--from-inventory [--demand FILE] [--cost marginal|full] [--margin 0.85]
                   [--hour 0-23] [--json]
     cunliang predict --device "Tesla T4" --model qwen2.5-7b-instruct --quant int4-awq
                      --batch 8 --prompt 1024 --output 256 [--tp 1] [--model-config config.json]
                      [--tpot-ms 100 --ttft-ms 2000] [--json]
 
-The inventory-backed variant (``plan --from-inventory``) builds a Fleet from the store
-and calls ``plan_report`` / ``render`` below: they take domain values, not files.
+``--from-inventory`` takes the fleet (admitted devices only), models and demand from the
+inventory's snapshot; ``plan_report`` / ``render`` take domain values, not files.
 """
 
 from __future__ import annotations
@@ -267,9 +267,35 @@ def render(report: PlanReport) -> str:
     return "\n".join(out)
 
 
+def _inventory_world(
+    settings: Settings,
+) -> tuple[Fleet, Sequence[Demand], Mapping[str, ModelSpec]]:
+    """The admitted fleet, models and demand as the inventory has them now."""
+    from scheduler.inventory.service import InventoryService
+    from scheduler.store.db import ensure_schema, open_database
+
+    url = settings.resolved_database_url
+    ensure_schema(url)
+    db = open_database(url)
+    try:
+        return InventoryService(db).snapshot()
+    finally:
+        db.dispose()
+
+
 def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
-    ff = load_fleet_file(Path(args.fleet))
-    demands = load_demand_file(Path(args.demand), ff.models) if args.demand else ff.demands
+    if bool(args.fleet) == bool(args.from_inventory):
+        raise InvalidInput("pass exactly one of --fleet FILE and --from-inventory")
+    fleet: Fleet
+    demands: Sequence[Demand]
+    models: Mapping[str, ModelSpec]
+    if args.fleet:
+        ff = load_fleet_file(Path(args.fleet))
+        fleet, models, demands = ff.fleet, ff.models, ff.demands
+    else:
+        fleet, demands, models = _inventory_world(settings)
+    if args.demand:
+        demands = load_demand_file(Path(args.demand), dict(models))
     if not 0 < args.margin <= 1:
         raise InvalidInput(f"--margin must be in (0, 1], got {args.margin}")
     if args.hour is not None and not 0 <= args.hour <= 23:
@@ -277,7 +303,7 @@ def _cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     policy = PlacementPolicy(
         cost_basis=CostBasis(args.cost), slo_margin=args.margin, hour=args.hour
     )
-    report = plan_report(ff.fleet, demands, ff.models, policy)
+    report = plan_report(fleet, demands, models, policy)
     print(json.dumps(report_json(report), indent=2) if args.json else render(report))
     return 0
 
@@ -369,7 +395,12 @@ def _render_prediction(
 def register(subparsers: Any) -> None:
     """Add `plan` and `predict` to the `cunliang` parser."""
     p = subparsers.add_parser("plan", help="place demand on a fleet at least yuan/hour")
-    p.add_argument("--fleet", required=True, help="fleet file (YAML, reference-fleet format)")
+    p.add_argument("--fleet", help="fleet file (YAML, reference-fleet format)")
+    p.add_argument(
+        "--from-inventory",
+        action="store_true",
+        help="plan the inventory's admitted devices, models and demand (--database-url)",
+    )
     p.add_argument("--demand", help="demand file (default: the demand in the fleet file)")
     p.add_argument("--cost", choices=[b.value for b in CostBasis], default="marginal")
     p.add_argument("--margin", type=float, default=0.85, help="plan on this share of predictions")

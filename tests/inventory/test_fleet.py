@@ -13,9 +13,8 @@ from scheduler.fleetfile import load_fleet_file, parse_fleet
 from scheduler.inventory.service import InventoryService
 from scheduler.store.db import Database
 
-REFERENCE = Path("/work/shared/scenarios/reference-fleet.yaml")
-if not REFERENCE.exists():  # the repository's copy once the lead vendors it
-    REFERENCE = Path(__file__).resolve().parents[2] / "scenarios" / "reference-fleet.yaml"
+# the project's copy of ../shared/scenarios/reference-fleet.yaml, byte for byte
+REFERENCE = Path(__file__).resolve().parents[2] / "bench" / "data" / "reference-fleet.yaml"
 
 
 @pytest.fixture

@@ -13,17 +13,12 @@ import yaml
 from tests.placement.conftest import REFERENCE
 
 ROOT = Path(__file__).resolve().parents[2]
-# the real cunliang main(); only this branch's command modules are registered
-ENTRY = (
-    "import sys; from scheduler.cli import main as m; "
-    "m.COMMAND_MODULES = ('scheduler.cli.plan',); sys.exit(m.main(sys.argv[1:]))"
-)
 
 
 def cunliang(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
+        [sys.executable, "-m", "scheduler.cli.main", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -119,3 +114,33 @@ def test_predict_unknown_device_is_one_line_exit_2() -> None:
     done = cunliang("predict", "--device", "Voodoo 2", "--model", "qwen2.5-7b-instruct")
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "unknown device" in done.stderr
+
+
+def test_plan_from_inventory_uses_admitted_devices_only(tmp_path: Path) -> None:
+    from scheduler.fleetfile import load_fleet_file
+    from scheduler.inventory.schemas import ProfileIn
+    from scheduler.inventory.service import InventoryService
+    from scheduler.store.db import open_database, upgrade
+
+    url = f"sqlite:///{tmp_path / 'inv.db'}"
+    upgrade(url)
+    db = open_database(url)
+    try:
+        service = InventoryService(db)
+        ff = load_fleet_file(REFERENCE)
+        service.import_fleet(ff.fleet, tuple(ff.models.values()), ff.demands, "test")
+        service.site_action("guian", "probation", "test", "bring guian online")
+        for node in service.list_nodes(site="guian"):
+            profile = ProfileIn(
+                reference_model="cunliang-demo", output_tokens_per_s=2000, watts=600
+            )
+            service.add_profile(node.host, profile, "agent")
+    finally:
+        db.dispose()
+    done = cunliang("--database-url", url, "plan", "--from-inventory", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    classes = {v["device_class"] for v in doc["plan"]["variants"]}
+    assert classes and all(c.startswith("guian/") for c in classes), classes
+    both = cunliang("--database-url", url, "plan", "--from-inventory", "--fleet", str(REFERENCE))
+    assert both.returncode == 2 and "exactly one" in both.stderr
