@@ -38,6 +38,8 @@ def machine() -> dict[str, Any]:
         "memory_gib": mem_gib,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # these machines are shared and noisy: say how busy this one was
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

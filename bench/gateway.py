@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -37,6 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine  # noqa: E402
 from scheduler.store.tenancy import session_factory  # noqa: E402
 from scheduler.tenancy import TenancyService  # noqa: E402
 from tests.fakes.servers import free_port  # noqa: E402
@@ -132,18 +132,6 @@ def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen
     return subprocess.Popen(
         cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     )
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, text, update
 
+from bench.common import machine
 from scheduler.fleetfile import dump_fleet_file, load_fleet_file
 from scheduler.inventory.fleet_io import plan_import
 from scheduler.inventory.service import InventoryService
@@ -42,21 +42,6 @@ from scheduler.store.inventory import DeviceRow, NodeRow, SiteRow
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "bench" / "data" / "reference-fleet.yaml"  # copy of ../shared's
 NOW = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def scaled_fleet_file(devices: int, folder: Path) -> Path:

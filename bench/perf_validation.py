@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import machine
 from scheduler.catalog import arch_from_hf_config
 from scheduler.domain import GIB, DeviceKind, DeviceSpec, ModelArch, Quant
 from scheduler.perf import MeasuredPoint, Workload, fit_efficiency, mape, predict
@@ -41,15 +41,6 @@ SIZES = (
     (1024, 8, 16, 2752),
     (1536, 12, 24, 4128),
 )
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def local_cpu(bandwidth: float, fp32_flops: float) -> DeviceSpec:

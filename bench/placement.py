@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import random
 import statistics
 import subprocess
@@ -35,6 +33,7 @@ from typing import Any
 
 from placement_synth import synthetic, tiny
 
+from bench.common import machine
 from scheduler.cost import CostBasis
 from scheduler.domain import DeviceClass, Fleet, Plan
 from scheduler.fleetfile import FleetFile, load_fleet_file
@@ -51,20 +50,6 @@ from scheduler.placement.candidates import build_candidates
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "data" / "reference-fleet.yaml"
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu": model or platform.processor(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
-        "python": platform.python_version(),
-    }
 
 
 # ---- 1. reference fleet -----------------------------------------------------------------
