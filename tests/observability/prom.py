@@ -72,6 +72,7 @@ def run_prometheus(tmp: Path, target: str, scrape_interval_s: int = 1) -> Iterat
     """Prometheus scraping ``target`` (host:port, path /metrics) with the project's rules."""
     if not Path(PROMETHEUS).exists():
         pytest.skip("prometheus not installed (scripts/system-deps.sh installs it)")
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {
         "global": {
