@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
+from scheduler.dashboard.wiring import observability
 from scheduler.gateway.app import create_app
 from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
 from scheduler.inventory.service import InventoryService
-from scheduler.observability.collector import CachedProvider, install_fleet_collector
-from scheduler.observability.sources import InventoryFleetSource, directory_replica_counts
+from scheduler.observability.sources import directory_replica_counts
 from scheduler.settings import Settings
 from scheduler.store.db import Database
 from scheduler.tenancy import TenancyService
@@ -78,11 +77,13 @@ def _replica(rid: str, url: str, yuan_per_hour: float) -> ReplicaEndpoint:
 
 @contextlib.contextmanager
 def run_stack(
-    tmp: Path, extra_routers: Sequence[Any] = (), routers_for: Any = None
+    tmp: Path, setup: Callable[[InventoryService], None] | None = None
 ) -> Iterator[Stack]:
-    """``routers_for(db, inventory, tenancy, table, registry) -> [APIRouter]`` adds routers
-    that need the stack's parts (the dashboard)."""
+    """The gateway wired as ``cunliang up`` wires it (fleet collector + dashboard);
+    ``setup(inventory)`` adds to the fleet before the gateway starts."""
     db, inventory = build_fleet(f"sqlite:///{tmp / 'cunliang.db'}")
+    if setup is not None:
+        setup(inventory)
     tenancy = TenancyService(db.sessions)
     ups = [FakeUpstream(served_model="engine-demo", record=False) for _ in range(2)]
     try:
@@ -91,24 +92,26 @@ def run_stack(
             serve_in_thread(ups[1], lifespan="off") as u1,
         ):
             table = ReplicaTable([_replica("r0", u0, 0.2), _replica("r1", u1, 0.2)])
-            registry = CollectorRegistry()
-            routers: list[APIRouter] = list(extra_routers)
-            if routers_for is not None:
-                routers += routers_for(db, inventory, tenancy, table, registry)
+            obs = observability(
+                db,
+                inventory,
+                tenancy,
+                table,
+                ADMIN_TOKEN,
+                replicas=directory_replica_counts(table),
+                cache_ttl_s=0.5,
+            )
             app = create_app(
                 Settings(data_dir=tmp),
                 tenancy,
                 table,
-                registry,
+                obs.registry,
                 admin_token=ADMIN_TOKEN,
-                extra_routers=routers,
+                extra_routers=[obs.router],
             )
-            source = InventoryFleetSource(db, directory_replica_counts(table))
-            install_fleet_collector(
-                registry, app.state.gateway.metrics, CachedProvider(source, 0.5)
-            )
+            obs.install(app)
             with serve_in_thread(app) as url:
-                stack = Stack(url, db, inventory, tenancy, table, registry, ups)
+                stack = Stack(url, db, inventory, tenancy, table, obs.registry, ups)
                 try:
                     yield stack
                 finally:
