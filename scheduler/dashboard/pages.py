@@ -119,23 +119,26 @@ def charts(lang: Lang, data: ChartData) -> str:
         + line_chart(
             t(lang, "chart.throughput"),
             labels,
-            [Series("tokens/s", data.throughput_tokens_per_s)],
+            [Series(t(lang, "unit.tokens_per_s"), data.throughput_tokens_per_s)],
             empty,
             "chart-throughput",
+            t(lang, "chart.time"),
         )
         + line_chart(
             t(lang, "chart.tokens_per_yuan"),
             labels,
-            [Series("tokens/yuan", data.tokens_per_yuan)],
+            [Series(t(lang, "unit.tokens_per_yuan"), data.tokens_per_yuan)],
             empty,
             "chart-tokens-per-yuan",
+            t(lang, "chart.time"),
         )
         + line_chart(
             t(lang, "chart.utilisation"),
             labels,
-            [Series("busy share", data.utilisation)],
+            [Series(t(lang, "unit.busy_share"), data.utilisation)],
             empty,
             "chart-utilisation",
+            t(lang, "chart.time"),
         )
         + "</div>"
     )

@@ -30,11 +30,16 @@ def _fmt(value: float) -> str:
         return f"{value / 1e3:.1f}k"
     if abs(value) >= 10:
         return f"{value:.0f}"
-    return f"{value:.2f}"
+    return f"{value:.3g}"
 
 
 def line_chart(
-    title: str, x_labels: Sequence[str], series: Sequence[Series], empty_text: str, chart_id: str
+    title: str,
+    x_labels: Sequence[str],
+    series: Sequence[Series],
+    empty_text: str,
+    chart_id: str,
+    x_caption: str = "",
 ) -> str:
     """An SVG chart of ``series`` over ``x_labels`` (equal spacing); ``empty_text`` when no
     series has a point."""
@@ -67,8 +72,10 @@ def line_chart(
         f'<text x="{LEFT - 6}" y="{TOP + plot_h + 4}" text-anchor="end" class="tick">0</text>',
     ]
     for i in sorted({0, n // 2, n - 1}):
+        # the end labels stay inside the frame
+        anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
         parts.append(
-            f'<text x="{x(i):.1f}" y="{HEIGHT - 14}" text-anchor="middle" class="tick">'
+            f'<text x="{x(i):.1f}" y="{HEIGHT - 14}" text-anchor="{anchor}" class="tick">'
             f"{escape(x_labels[i])}</text>"
         )
     for k, s in enumerate(series):
@@ -78,9 +85,15 @@ def line_chart(
             f'<path class="series" data-label="{escape(s.label)}" d="M {points}" fill="none" '
             f'stroke="{colour}" stroke-width="2"/>'
         )
+        # legend in the title row, right-aligned, so it never covers the data
         parts.append(
-            f'<text x="{LEFT + plot_w - 4}" y="{TOP + 14 * (k + 1)}" text-anchor="end" '
+            f'<text x="{WIDTH - RIGHT}" y="{18 + 13 * k}" text-anchor="end" '
             f'fill="{colour}" class="legend">{escape(s.label)}</text>'
+        )
+    if x_caption:
+        parts.append(
+            f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 2}" text-anchor="middle" '
+            f'class="tick">{escape(x_caption)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
