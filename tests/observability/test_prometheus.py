@@ -19,11 +19,13 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from scheduler.cost import full_yuan_per_hour, marginal_yuan_per_hour
-from tests.observability.prom import run_prometheus
+from tests.observability.prom import RULES, run_prometheus
 from tests.observability.stack import MODEL, T4_CLASS, T4_SITE, Stack, run_stack
 
 TOLERANCE = 0.10
@@ -33,13 +35,23 @@ FLAT_AFTER_S = 5.0
 WINDOW_S = 300.0  # the rules' [5m]
 
 
-def _load(stack: Stack, key: str, stop: threading.Event, done: list[int]) -> None:
+def _load(stack: Stack, key: str, stop: threading.Event, done: list[int], stream: bool) -> None:
+    """Requests back to back; streamed ones feed the TTFT/TPOT histograms too."""
     client = stack.openai(key)
+    messages: Any = [{"role": "user", "content": "hi there"}]
     while not stop.is_set():
-        r = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hi there"}], max_tokens=16
+        if not stream:
+            r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)
+            done.append(r.usage.completion_tokens if r.usage else 0)
+            continue
+        chunks = client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
         )
-        done.append(r.usage.completion_tokens if r.usage else 0)
+        done.append(sum(c.usage.completion_tokens for c in chunks if c.usage))
 
 
 def test_recorded_tokens_per_yuan_matches_usage_records(tmp_path: Path) -> None:
@@ -60,7 +72,8 @@ def test_recorded_tokens_per_yuan_matches_usage_records(tmp_path: Path) -> None:
             time.sleep(FLAT_BEFORE_S)
             stop, done = threading.Event(), list[int]()
             workers = [
-                threading.Thread(target=_load, args=(stack, key, stop, done)) for _ in range(4)
+                threading.Thread(target=_load, args=(stack, key, stop, done, i == 0))
+                for i in range(4)
             ]
             for w in workers:
                 w.start()
@@ -122,6 +135,13 @@ def test_recorded_tokens_per_yuan_matches_usage_records(tmp_path: Path) -> None:
                 f"device_class_site:cunliang_completion_tokens_per_joule:rate5m{sel}"
             )
             assert next(iter(per_joule.values())) > 0
+            # every recording rule yields a series on what the gateway really exports,
+            # except the error ratio: this run had no non-2xx request (its numerator is empty)
+            records = {
+                r["record"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+            }
+            empty = {name for name in records if not prom.query(name)}
+            assert empty == {"model:cunliang_requests_errors:ratio_rate5m"}, empty
     elapsed = time.monotonic() - started
     print(f"\ntokens={tokens} relative errors={errors} elapsed={elapsed:.1f}s")
     assert elapsed < 60
