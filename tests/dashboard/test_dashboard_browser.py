@@ -20,6 +20,8 @@ from tests.observability.stack import ADMIN_TOKEN, MODEL, Stack, run_stack
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -54,6 +56,7 @@ def browser() -> Iterator[Any]:
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
+    driver.implicitly_wait(5)
     try:
         yield driver
     finally:
@@ -86,6 +89,13 @@ def _traffic(stack: Stack) -> dict[str, int]:
     return tokens
 
 
+def _click(driver: Any, element_id: str) -> None:
+    """Click and wait until the browser has replaced the page (clicks return early)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+
 def _rows(driver: Any, table_id: str) -> list[list[str]]:
     table = driver.find_element(By.ID, table_id)
     return [
@@ -112,10 +122,10 @@ def test_dashboard_pages_in_chromium(tmp_path: Path, browser: Any) -> None:
 
         # a tenant key is refused with its own message
         browser.find_element(By.ID, "token").send_keys(stack.tenant_key("intruder"))
-        browser.find_element(By.ID, "login-submit").click()
+        _click(browser, "login-submit")
         assert "Tenant API keys cannot open" in browser.find_element(By.ID, "login-error").text
         browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-        browser.find_element(By.ID, "login-submit").click()
+        _click(browser, "login-submit")
         assert browser.current_url.rstrip("/") == base
         cookie = browser.get_cookie("cl_dashboard")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -138,7 +148,7 @@ def test_dashboard_pages_in_chromium(tmp_path: Path, browser: Any) -> None:
             assert path.get_attribute("d").count("L") == 29  # 30 buckets
         _shot(browser, shots, "overview")
 
-        browser.find_element(By.ID, "nav-classes").click()
+        _click(browser, "nav-classes")
         rows = {r[0]: r for r in _rows(browser, "t-classes")}
         assert set(rows) == {"guian/tesla-t4", "shanghai/tesla-v100-pcie-32gb"}
         assert rows["guian/tesla-t4"][8] == f"{sum(tokens.values()):,}"
@@ -146,29 +156,29 @@ def test_dashboard_pages_in_chromium(tmp_path: Path, browser: Any) -> None:
         assert {r[0] for r in _rows(browser, "t-sites")} == {"guian", "shanghai"}
         _shot(browser, shots, "classes")
 
-        browser.find_element(By.ID, "nav-models").click()
+        _click(browser, "nav-models")
         assert _rows(browser, "t-replicas") == [[MODEL, "2", "2"]]
         assert [r[0] for r in _rows(browser, "t-endpoints")] == ["r0", "r1"]
         _shot(browser, shots, "models")
 
-        browser.find_element(By.ID, "nav-tenants").click()
+        _click(browser, "nav-tenants")
         tenants = {r[0]: r for r in _rows(browser, "t-tenants")}
         assert tenants["acme"][1:4] == ["40", tenants["acme"][2], f"{tokens['acme']:,}"]
         assert tenants["beta"][1] == "15" and tenants["intruder"][1] == "0"
         _shot(browser, shots, "tenants")
 
-        browser.find_element(By.ID, "nav-audit").click()
+        _click(browser, "nav-audit")
         audit = _rows(browser, "t-audit")
         assert any("hardware refresh" in r[5] and "draining" in r[3] for r in audit)
         assert any("admitted" in r[3] for r in audit)
         _shot(browser, shots, "audit")
 
-        browser.find_element(By.ID, "nav-whatif").click()
+        _click(browser, "nav-whatif")
         field = browser.find_element(By.ID, "d0")
         assert float(field.get_attribute("value")) == 200.0
         field.clear()
         field.send_keys("400")
-        browser.find_element(By.ID, "whatif-run").click()
+        _click(browser, "whatif-run")
         result = _rows(browser, "t-whatif")
         assert result[0][0] == "optimiser" and len(result) >= 2  # plus the baselines
         served = float(result[0][3].replace(",", ""))
@@ -181,7 +191,7 @@ def test_dashboard_pages_in_chromium(tmp_path: Path, browser: Any) -> None:
         assert browser.find_element(By.TAG_NAME, "h1").text == "集群总览"
         assert "每元" in browser.find_element(By.ID, "chart-tokens-per-yuan").text
         _shot(browser, shots, "overview-zh")
-        browser.find_element(By.ID, "logout").click()
+        _click(browser, "logout")
         browser.get(base + "/audit")
         assert "/dashboard/login" in browser.current_url
     print(f"\nscreenshots in {shots}; {time.monotonic() - started:.1f} s")
