@@ -220,7 +220,7 @@ def site_report_table(lang: Lang, rows: Sequence[Any]) -> str:
             t(lang, "col.site"),
             t(lang, "col.hub"),
             t(lang, "col.devices"),
-            t(lang, "col.state") + ": admitted",
+            t(lang, "col.admitted"),
             t(lang, "col.tokens"),
             t(lang, "col.tokens_per_yuan"),
         ],
@@ -249,7 +249,7 @@ def whatif_form(
     return (
         f"<p>{escape(t(lang, 'whatif.help'))}</p>"
         f'<form method="get" action="/dashboard/whatif" id="whatif-form">{lang_field}'
-        f'<table id="t-demand"><thead><tr><th>{escape(t(lang, "col.model"))}</th><th>class</th>'
+        f'<table id="t-demand"><thead><tr><th>{escape(t(lang, "col.model"))}</th><th>{escape(t(lang, "col.klass"))}</th>'
         f"<th>{escape(t(lang, 'col.demand'))}</th></tr></thead><tbody>{inputs}</tbody></table>"
         f'<label>{escape(t(lang, "whatif.cost_basis"))} <select name="cost" id="cost">{options}'
         f'</select></label> <input type="hidden" name="run" value="1">'
@@ -280,7 +280,7 @@ def whatif_result(lang: Lang, report: Mapping[str, Any]) -> str:
     )
     variants = table(
         "t-variants",
-        [t(lang, "col.model"), t(lang, "col.quant"), t(lang, "col.class"), "engine",
+        [t(lang, "col.model"), t(lang, "col.quant"), t(lang, "col.class"), t(lang, "col.engine"),
          t(lang, "col.replicas"), t(lang, "col.served"), t(lang, "col.yuan_per_hour")],
         [
             [v["model"], v["quant"], v["device_class"], v["engine"], v["replicas"],
