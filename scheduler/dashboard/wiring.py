@@ -42,7 +42,9 @@ def observability(
     cache_ttl_s: float = 5.0,
 ) -> Observability:
     """``database``: the inventory/tenancy ``Database`` (one DB holds both tables)."""
-    fleet = CachedProvider(InventoryFleetSource(database, replicas), ttl_s=cache_ttl_s)
+    fleet = CachedProvider(
+        InventoryFleetSource(database, replicas), ttl_s=cache_ttl_s, background=True
+    )
     sources = DashboardSources(
         inventory=inventory,
         tenancy=tenancy,

@@ -82,29 +82,53 @@ class FleetCollector(Collector):
 
 
 class CachedProvider:
-    """Wraps a provider so scrapes closer than ``ttl_s`` share one computation
-    (several Prometheus replicas scraping one gateway need not query the DB each)."""
+    """Wraps a provider so scrapes closer than ``ttl_s`` share one computation.
+
+    The gateway serves /metrics on its event loop, and the inventory read takes ~100 ms
+    on a 784-device fleet: with ``background=True`` a stale value is returned at once
+    while one thread recomputes it, so only the very first call waits on the database.
+    """
 
     def __init__(
         self,
         provider: FleetProvider,
         ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         self._provider = provider
         self._ttl_s = ttl_s
         self._clock = clock
+        self._background = background
         self._lock = threading.Lock()
         self._value: FleetFigures | None = None
         self._at = 0.0
+        self._refreshing = False
 
     def __call__(self) -> FleetFigures:
         with self._lock:
             now = self._clock()
-            if self._value is None or now - self._at >= self._ttl_s:
-                self._value = self._provider()
-                self._at = now
+            fresh = self._value is not None and now - self._at < self._ttl_s
+            if fresh or (self._value is not None and self._refreshing):
+                assert self._value is not None
+                return self._value
+            if self._value is not None and self._background:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="fleet-figures", daemon=True).start()
+                return self._value
+            self._value, self._at = self._provider(), now
             return self._value
+
+    def _refresh(self) -> None:
+        try:
+            value = self._provider()
+        except Exception:
+            log.exception("fleet figures refresh failed; serving the previous ones")
+            value = None
+        with self._lock:
+            if value is not None:
+                self._value, self._at = value, self._clock()
+            self._refreshing = False
 
 
 def install_fleet_collector(

@@ -108,3 +108,27 @@ def test_failing_provider_keeps_the_scrape_alive_and_cache_shares_work() -> None
     first = cached()
     assert cached() is first
     assert len(list(FleetCollector(cached).describe())) == 4
+
+
+def test_background_cache_serves_the_old_value_while_one_thread_refreshes() -> None:
+    import threading
+
+    gate, calls = threading.Event(), []
+
+    def slow() -> FleetFigures:
+        calls.append(1)
+        if len(calls) > 1:
+            gate.wait(5)
+        return FleetFigures(replicas={"m": {"planned": len(calls)}})
+
+    now = [0.0]
+    cached = CachedProvider(slow, ttl_s=1, clock=lambda: now[0], background=True)
+    first = cached()  # the first call computes inline
+    now[0] = 2.0
+    assert cached() is first and cached() is first  # stale: served at once, one refresh
+    gate.set()
+    for _ in range(250):
+        if cached().replicas["m"]["planned"] == 2:
+            break
+        threading.Event().wait(0.02)
+    assert cached().replicas["m"]["planned"] == 2 and len(calls) == 2
