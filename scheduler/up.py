@@ -309,21 +309,29 @@ class _EmbeddedStack:
     def _serve(self, database: Any, inventory: Any, table: Any, reconciler: Any) -> int:
         import uvicorn
 
+        from scheduler.dashboard.wiring import observability
         from scheduler.gateway.app import create_app
         from scheduler.inventory.router import inventory_router
+        from scheduler.observability.sources import reconciler_replica_counts
         from scheduler.tenancy import TenancyService
 
         self.c.step(f"gateway: http://{self.s.host}:{self.s.port}/v1")
         tenancy = TenancyService(database.sessions)
         admin_token = self.s.admin_token or _admin_token(self.s.data_dir)
         api_key = _first_key(tenancy)
+        # fleet gauges on /metrics and the operator dashboard on /dashboard
+        obs = observability(
+            database, inventory, tenancy, table, admin_token, reconciler_replica_counts(reconciler)
+        )
         app = create_app(
             self.s,
             tenancy,
             table,
+            obs.registry,
             admin_token=admin_token,
-            extra_routers=[inventory_router(inventory, admin_token)],
+            extra_routers=[inventory_router(inventory, admin_token), obs.router],
         )
+        obs.install(app)
         config = uvicorn.Config(
             app, host=self.s.host, port=self.s.port, log_level="warning", lifespan="on"
         )
@@ -350,7 +358,10 @@ class _EmbeddedStack:
         if not server.started:
             return
         base = f"http://{self.s.host}:{self.s.port}/v1"
-        lines = [f"Admin token: {admin_token}"]
+        lines = [
+            f"Admin token: {admin_token}",
+            f"Dashboard: http://{self.s.host}:{self.s.port}/dashboard (log in with the admin token)",
+        ]
         if api_key:
             lines += [f"API key: {api_key}   (shown once; tenant '{DEFAULT_TENANT}')"]
         else:

@@ -75,10 +75,12 @@ def _open_migrated(settings: Settings) -> Any:
 def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from scheduler.dashboard.wiring import observability
     from scheduler.gateway.app import create_app
     from scheduler.gateway.db_directory import DbReplicaDirectory
     from scheduler.inventory.router import inventory_router
     from scheduler.inventory.service import InventoryService
+    from scheduler.observability.sources import directory_replica_counts
     from scheduler.preflight import check_port_free
     from scheduler.tenancy import TenancyService
 
@@ -89,13 +91,26 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
     directory = DbReplicaDirectory(database.sessions)
     directory.start()
     try:
+        tenancy = TenancyService(database.sessions)
+        inventory = InventoryService(database)
+        # fleet gauges on /metrics and the operator dashboard on /dashboard
+        obs = observability(
+            database,
+            inventory,
+            tenancy,
+            directory,
+            settings.admin_token,
+            directory_replica_counts(directory),
+        )
         app = create_app(
             settings,
-            TenancyService(database.sessions),
+            tenancy,
             directory,
+            obs.registry,
             admin_token=settings.admin_token,
-            extra_routers=[inventory_router(InventoryService(database), settings.admin_token)],
+            extra_routers=[inventory_router(inventory, settings.admin_token), obs.router],
         )
+        obs.install(app)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM
             uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:

@@ -16,7 +16,10 @@ Runtime / inventory:
   cunliang_device_yuan_per_hour{device_class,site,cost}   gauge, cost = "marginal" | "full"
   cunliang_device_watts{device_class,site,source}         gauge, source = "nvml" | "rapl" | "tdp"
   cunliang_devices{device_class,site,state}               gauge, state = lifecycle state
-  cunliang_replicas{model,state}                          gauge
+  cunliang_replicas{model,state}                          gauge, state = planned | running
+The four runtime/inventory gauges are computed at scrape time by
+``observability.collector.FleetCollector`` (``install_fleet_collector`` puts it in their
+place on the registry); meanings in ``observability/fleet.py``.
 """
 
 from __future__ import annotations

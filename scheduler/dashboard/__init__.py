@@ -1,0 +1,1 @@
+"""Operator dashboard served by the gateway under /dashboard (admin login, no JavaScript)."""
