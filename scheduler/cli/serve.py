@@ -80,6 +80,7 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.gateway.db_directory import DbReplicaDirectory
     from scheduler.inventory.router import inventory_router
     from scheduler.inventory.service import InventoryService
+    from scheduler.inventory.usage import SqlUsageSource
     from scheduler.observability.sources import directory_replica_counts
     from scheduler.preflight import check_port_free
     from scheduler.tenancy import TenancyService
@@ -92,7 +93,7 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
     directory.start()
     try:
         tenancy = TenancyService(database.sessions)
-        inventory = InventoryService(database)
+        inventory = InventoryService(database, usage=SqlUsageSource(database))
         # fleet gauges on /metrics and the operator dashboard on /dashboard
         obs = observability(
             database,
