@@ -122,25 +122,25 @@ class _EmbeddedStack:
         upgrade(url)
         database = open_database(url)
         self.cleanup.callback(database.dispose)
+        model_dir, model_name = self._model()
         inventory = InventoryService(
-            database, policy=self._policy(), usage=SqlUsageSource(database)
+            database, policy=self._policy(model_dir), usage=SqlUsageSource(database)
         )
         assessment = AssessmentLoop(inventory, self.s.assessment_interval_s, actor="cunliang up")
         assessment.start()
         self.cleanup.callback(assessment.stop)
 
-        model_dir, model_name = self._model()
         local = self._register_and_profile(inventory, model_dir, model_name)
         plan, spec = self._plan(inventory, local)
         table, reconciler = self._runtime(plan, local, spec)
         return self._serve(database, inventory, table, reconciler)
 
     # -- stages -------------------------------------------------------------------------
-    def _policy(self) -> Any:
+    def _policy(self, model_dir: Path) -> Any:
         from scheduler.lifecycle import AdmissionPolicy
 
-        # the embedded stack judges this machine on the model it will serve
-        return AdmissionPolicy(reference_model=self.s.served_model_name)
+        # the embedded stack judges this machine on the model it profiles and serves
+        return AdmissionPolicy(reference_model=model_dir.name)
 
     def _model(self) -> tuple[Path, str]:
         if self.s.model:
@@ -179,7 +179,7 @@ class _EmbeddedStack:
             NodeIn(host=host, site=self.s.site_name, devices=[_cpu_device_in(cpu)]),
             actor="cunliang up",
         )
-        dtype, profile = self._probe(model_dir, cpu)
+        dtype, profile = self._probe(model_dir)
         result = inventory.add_profile(host, profile, actor="cunliang up")
         for d in result.admission:
             figures = d.figures
@@ -191,40 +191,38 @@ class _EmbeddedStack:
             )
         return _Local(host, "", model_dir, model_name, dtype)
 
-    def _probe(self, model_dir: Path, cpu: Any) -> tuple[str, Any]:
+    def _probe(self, model_dir: Path) -> tuple[str, Any]:
+        """The agent's quick profile (dtype probes with the real engine, cached)."""
         from scheduler.inventory.schemas import ProfileIn
-        from workers.probe import quick_probe
+        from workers.profiler import profile_post_body, quick_profile
 
         dtypes = ("float32", "bfloat16", "float16") if self.s.dtype == "auto" else (self.s.dtype,)
         self.c.step(f"profile: probing dtypes {', '.join(dtypes)} with the real engine")
         with self.c.bar("dtype probes") as progress:
-            quick = quick_probe(
-                model_dir,
-                self.s.data_dir / "probes",
-                cpu,
+            profile = quick_profile(
+                self.s.data_dir,
+                model_dir=model_dir,
                 dtypes=dtypes,
                 timeout_s=self.s.probe_timeout_s,
+                env=self.s.engine_base_env(),
                 progress=progress,
             )
-        for p in quick.probes:
-            verdict = f"{p.decode_tokens_per_s:.1f} decode tok/s" if p.ok else f"fails: {p.error}"
+        for p in profile.engine:
+            verdict = (
+                ", ".join(f"batch {r.batch}: {r.decode_tokens_per_s:,.0f}" for r in p.rows)
+                + " decode tok/s"
+                if p.ok
+                else f"fails: {p.error}"
+            )
             self.c.info(f"{p.dtype}: {verdict}")
-        if quick.chosen_dtype is None:
+        if profile.chosen_dtype is None:
             raise EngineError(
                 "no dtype runs on this machine with the serving engine.",
                 fix=f"see the probe logs under {self.s.data_dir / 'probes'}.",
             )
-        self.c.info(f"chosen dtype: {quick.chosen_dtype}" + (" (cached)" if quick.cached else ""))
-        best = max((p for p in quick.probes if p.ok), key=lambda p: p.decode_tokens_per_s)
-        profile = ProfileIn(
-            reference_model=self.s.served_model_name,
-            output_tokens_per_s=best.decode_tokens_per_s,
-            quants=[
-                _DTYPE_QUANT[p.dtype] for p in quick.probes if p.ok and p.dtype in _DTYPE_QUANT
-            ],
-            payload={"dtype_probes": [_probe_json(p) for p in quick.probes]},
-        )
-        return quick.chosen_dtype, profile
+        cached = " (cached)" if profile.notes else ""
+        self.c.info(f"chosen dtype: {profile.chosen_dtype}{cached}")
+        return profile.chosen_dtype, ProfileIn.model_validate(profile_post_body(profile))
 
     def _plan(self, inventory: Any, local: _Local) -> tuple[Any, Any]:
         from scheduler.catalog import arch_from_hf_config
@@ -457,16 +455,6 @@ def _cpu_device_in(cpu: Any) -> Any:
         tdp_watts=spec.tdp_watts or None,
         memory_bandwidth_bytes_per_s=spec.memory_bandwidth_bytes_per_s or None,
     )
-
-
-def _probe_json(p: Any) -> dict[str, Any]:
-    return {
-        "dtype": p.dtype,
-        "ok": p.ok,
-        "decode_tokens_per_s": p.decode_tokens_per_s,
-        "prefill_tokens_per_s": p.prefill_tokens_per_s,
-        "error": p.error,
-    }
 
 
 def _resolve_model(source: str) -> Path:
