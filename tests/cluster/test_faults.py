@@ -322,8 +322,12 @@ def api_server_pid(group: int) -> int:
 
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if os.getpgid(proc.pid) == group and any(
-                "api_server" in part for part in proc.info["cmdline"] or ()
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            # the supervisor's own command line names the server too: skip it
+            if (
+                os.getpgid(proc.pid) == group
+                and "vllm.entrypoints.openai.api_server" in cmdline
+                and "workers.supervise" not in cmdline
             ):
                 return int(proc.pid)
         except (ProcessLookupError, psutil.Error):
