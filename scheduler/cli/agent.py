@@ -247,10 +247,12 @@ def _find_ray_node(address: str, host: str, find: Callable[..., str | None]) -> 
     ``ray start``); None when the cluster cannot be read."""
     import ray
 
+    from scheduler.runtime.ray_backend import ray_nodes
+
     target = "auto" if address == "head" else address
     try:
         ray.init(address=target, log_to_driver=False)
-        return find(ray.nodes(), host)
+        return find(ray_nodes(), host)
     except Exception as exc:  # the id is a convenience; the host resource names the node
         print(f"agent: could not read the Ray node id: {exc}", file=sys.stderr)
         return None

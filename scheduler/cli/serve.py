@@ -114,8 +114,6 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     table (lost hosts: inventory health failures, then quarantine) and the controller
     replans at once when a host is lost; otherwise every ``--replan-interval-s``.
     """
-    import ray
-
     from scheduler.inventory.service import InventoryService
     from scheduler.placement import plan
     from scheduler.runtime.actors import vllm_actor_args
@@ -123,7 +121,7 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.runtime.liveness import InventoryHealth, NodeWatcher
     from scheduler.runtime.load import EngineLoad
     from scheduler.runtime.publish import DbEndpointSink
-    from scheduler.runtime.ray_backend import RayLauncher, init_ray
+    from scheduler.runtime.ray_backend import RayLauncher, init_ray, ray_nodes
     from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop
     from workers.actor import ReplicaActor
 
@@ -144,7 +142,7 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     )
     holder["r"] = reconciler
     watcher = NodeWatcher(
-        ray.nodes,
+        ray_nodes,
         InventoryHealth(inventory),
         known_ids=lambda: {n.ray_node_id: n.host for n in inventory.list_nodes() if n.ray_node_id},
     )

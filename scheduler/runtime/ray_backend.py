@@ -54,6 +54,12 @@ def init_ray(
         )
 
 
+def ray_nodes() -> list[dict[str, Any]]:
+    """Ray's node table (``NodeID``, ``Alive``, ``Resources`` ...), dead nodes included."""
+    rows: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return rows
+
+
 # Builds the actor's constructor arguments for a replica: (args, kwargs).
 ActorArgs = Callable[[str, Replica], tuple[tuple[Any, ...], dict[str, Any]]]
 

@@ -96,9 +96,14 @@ def spread_planner(replicas: int) -> Callable[..., Plan]:
 
 def _replica(class_id: str, host: str) -> Replica:
     return Replica(
-        MODEL, Quant.FP32, class_id, Engine.VLLM_CPU, node_id=host, dtype="float32",
+        MODEL,
+        Quant.FP32,
+        class_id,
+        Engine.VLLM_CPU,
+        node_id=host,
+        dtype="float32",
         yuan_per_hour=0.1,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -205,14 +210,16 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         )
 
     def launcher() -> RayLauncher:
-        return RayLauncher(ReplicaActor, vllm_actor_args(settings, lambda: {MODEL: spec}),
-                           detached=True)  # fmt: skip
+        return RayLauncher(
+            ReplicaActor, vllm_actor_args(settings, lambda: {MODEL: spec}), detached=True
+        )
 
     table = ReplicaTable()
     holder: dict[str, Reconciler] = {}
     load = EngineLoad(lambda rid: holder["r"].base_url_of(rid))
-    reconciler = Reconciler(launcher(), TableEndpointSink(table), outstanding=load,
-                            drain_grace_s=2.0)  # fmt: skip
+    reconciler = Reconciler(
+        launcher(), TableEndpointSink(table), outstanding=load, drain_grace_s=2.0
+    )
     holder["r"] = reconciler
     watcher = NodeWatcher(ray.nodes, InventoryHealth(inventory), report_every_s=1.0)
     controller = Controller(world.snapshot, spread_planner(2), reconciler, lost_hosts=watcher.lost)
@@ -239,8 +246,19 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         loop.start()
         thread = threading.Thread(target=ticker, daemon=True)
         thread.start()
-        s = Stack(world, reconciler, loop, controller, watcher, inventory, url, key,
-                  usage_sessions, launcher, stop)  # fmt: skip
+        s = Stack(
+            world,
+            reconciler,
+            loop,
+            controller,
+            watcher,
+            inventory,
+            url,
+            key,
+            usage_sessions,
+            launcher,
+            stop,
+        )
         try:
             yield s
         finally:
@@ -280,9 +298,12 @@ class Traffic:
             try:
                 if self._stream:
                     chunks = client.chat.completions.create(
-                        model=MODEL, messages=messages, max_tokens=16, stream=True,
+                        model=MODEL,
+                        messages=messages,
+                        max_tokens=16,
+                        stream=True,
                         stream_options={"include_usage": True},
-                    )  # fmt: skip
+                    )
                     usage = [c.usage for c in chunks if c.usage is not None]
                     assert usage and usage[0].completion_tokens > 0, "stream without usage"
                 else:
@@ -426,8 +447,11 @@ def test_drain_moves_replicas_first_and_loses_no_request(stack: Stack) -> None:
     with Traffic(stack, clients=3, stream=True) as traffic:
         time.sleep(3)
         stack.world.drained.add("node-a")
-        wait_for("the drained replica held while its replacement starts",
-                 lambda: drained.id in stack.reconciler.held(), 10)  # fmt: skip
+        wait_for(
+            "the drained replica held while its replacement starts",
+            lambda: drained.id in stack.reconciler.held(),
+            10,
+        )
         wait_for(
             "both replicas on node-c and the drained one stopped",
             lambda: sorted(stack.by_host()) == ["node-c"] and all_ready(stack, 2)(),

@@ -111,8 +111,14 @@ def test_join_reports_a_failed_ray_start_and_a_bad_token(
     base, _ = inventory_url
     with httpx.Client() as client:
         failing = Runner(1, "ConnectionError: could not reach GCS at head:6379")
-        with pytest.raises(CunliangError, match="exit 1.*could not reach GCS"):
-            join(InventoryApi(client, base, TOKEN), failing, address="head:6379", host="w2",
-                 site="lab", devices=[CPU])  # fmt: skip
-        with pytest.raises(CunliangError, match="HTTP 401|HTTP 403"):
+        with pytest.raises(CunliangError, match=r"exit 1.*could not reach GCS"):
+            join(
+                InventoryApi(client, base, TOKEN),
+                failing,
+                address="head:6379",
+                host="w2",
+                site="lab",
+                devices=[CPU],
+            )
+        with pytest.raises(CunliangError, match=r"HTTP 40[13]"):
             InventoryApi(client, base, "wrong").register("w3", "lab", [CPU])
