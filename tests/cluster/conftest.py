@@ -33,6 +33,7 @@ WORKERS: dict[str, tuple[str, int]] = {
 @dataclass
 class RayCluster:
     cluster: Any
+    temp_dir: str
     nodes: dict[str, Any] = field(default_factory=dict)  # host -> ray._private.node.Node
 
     def remove(self, host: str) -> None:
@@ -52,7 +53,7 @@ def ray_cluster() -> Iterator[RayCluster]:
         initialize_head=True,
         head_node_args={"num_cpus": 1, "include_dashboard": False},
     )
-    rc = RayCluster(cluster)
+    rc = RayCluster(cluster, temp_dir)
     try:
         for host, (class_id, devices) in WORKERS.items():
             rc.nodes[host] = cluster.add_node(
