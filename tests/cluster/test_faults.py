@@ -316,7 +316,7 @@ class Traffic:
             except Exception as exc:
                 with self._lock:
                     self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-                time.sleep(0.2)
+            time.sleep(0.1)  # two cores: leave the engines room to (re)load
 
 
 def usage_count(stack: Stack, status: int = 200) -> int:
@@ -393,25 +393,32 @@ def test_engine_sigkill_restarts_with_backoff_and_no_request_fails(stack: Stack)
     print(f"engine restart: ready again {took:.0f} s after failure; {traffic.ok} requests ok")
 
 
-def test_scheduler_restart_adopts_replicas_without_duplicates(stack: Stack) -> None:
+def test_scheduler_restart_adopts_replicas_without_duplicates(
+    stack: Stack, ray_cluster: RayCluster
+) -> None:
+    """A second scheduler process on the same plan adopts the named detached actors."""
+    import json
+    import subprocess
+    import sys
+
     import ray
 
-    from scheduler.gateway.replicas import ReplicaTable
-    from scheduler.runtime.publish import TableEndpointSink
+    from scheduler.runtime.ray_backend import replica_to_info
 
     before = {s.id: engine_pid(s.id) for s in stack.reconciler.statuses()}
     actors_before = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
-    # a second scheduler's reconciler (fresh launcher, no handles) on the same plan
-    plan = stack.controller.plan
-    fresh = Reconciler(stack.launcher_factory(), TableEndpointSink(ReplicaTable()))
-    fresh.apply(plan)
-
-    def adopted() -> bool:
-        statuses = fresh.tick()
-        return len(statuses) == 2 and all(s.state is ReplicaState.READY for s in statuses)
-
-    wait_for("adopted replicas ready", adopted, 30)
-    assert {s.id: engine_pid(s.id) for s in fresh.statuses()} == before
+    plan = json.dumps([replica_to_info(r) for r in stack.controller.plan.replicas])
+    env = {**os.environ, "RAY_TMPDIR": ray_cluster.temp_dir}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.cluster.restarted_scheduler",
+         ray_cluster.cluster.address, plan],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["adopted"] == sorted(before) and result["started"] == []
+    assert result["ready"] == sorted(before)
+    assert {rid: engine_pid(rid) for rid in before} == before, "same engines"
     actors_after = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
     assert actors_after == actors_before, "no duplicate replica actors"
 
