@@ -201,7 +201,10 @@ def run_join(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput("--join needs --post INVENTORY_URL and --admin-token")
 
     def run(argv: Any) -> tuple[int, str]:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=180)
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=180)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return 127, str(exc)
         return proc.returncode, proc.stdout + proc.stderr
 
     host_info = detect_host()

@@ -20,9 +20,12 @@ know alone: register such machines with ``--device-class`` overrides.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import httpx
 
 from scheduler.errors import CunliangError
 from scheduler.fleetfile import slug
@@ -75,11 +78,12 @@ def ray_start_argv(
     *,
     num_cpus: int | None = None,
     temp_dir: str | None = None,
-    ray_bin: str = "ray",
+    python: str = sys.executable,
 ) -> list[str]:
-    """The ``ray start`` command; ``address == "head"`` starts a head node instead."""
+    """The ``ray start`` command (Ray's CLI module under this interpreter: the console
+    script need not be on PATH); ``address == "head"`` starts a head node instead."""
     advertised = {**resources, host_resource(host): 1.0}
-    argv = [ray_bin, "start"]
+    argv = [python, "-m", "ray.scripts.scripts", "start"]
     argv += ["--head"] if address == "head" else ["--address", address]
     argv += ["--resources", json.dumps(advertised, sort_keys=True)]
     if num_cpus is not None:
@@ -106,9 +110,15 @@ class InventoryApi:
         self._headers = {"Authorization": f"Bearer {admin_token}"}
 
     def _call(self, method: str, path: str, body: Any, ok: tuple[int, ...] = ()) -> Any:
-        response = self._client.request(
-            method, self._base + path, json=body, headers=self._headers, timeout=30.0
-        )
+        try:
+            response = self._client.request(
+                method, self._base + path, json=body, headers=self._headers, timeout=30.0
+            )
+        except httpx.HTTPError as exc:
+            raise CunliangError(
+                f"{method} {self._base + path} failed: {exc}",
+                fix="check the inventory URL (--post) and that the gateway runs",
+            ) from exc
         if 200 <= response.status_code < 300 or response.status_code in ok:
             return json.loads(response.text) if response.text else {}
         raise CunliangError(
@@ -148,7 +158,7 @@ def join(
     devices: Sequence[LocalDevice],
     num_cpus: int | None = None,
     temp_dir: str | None = None,
-    ray_bin: str = "ray",
+    python: str = sys.executable,
 ) -> JoinResult:
     """Register, then start the Ray node. Raises CunliangError when ``ray start`` fails."""
     if not devices:
@@ -156,13 +166,13 @@ def join(
     registered = inventory.register(host, site, devices)
     resources = class_resources(site, devices)
     argv = ray_start_argv(
-        address, resources, host, num_cpus=num_cpus, temp_dir=temp_dir, ray_bin=ray_bin
+        address, resources, host, num_cpus=num_cpus, temp_dir=temp_dir, python=python
     )
     status, output = run(argv)
     if status != 0:
         tail = output.strip().splitlines()[-3:]
         raise CunliangError(
-            f"`{' '.join(argv[:4])} ...` failed (exit {status}): {' / '.join(tail)}",
+            f"`ray start {' '.join(argv[4:6])} ...` failed (exit {status}): {' / '.join(tail)}",
             fix="check that ADDRESS is the Ray head's host:port and reachable from here",
         )
     return JoinResult(host, registered, resources, output)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -57,10 +57,15 @@ def _spawned_ray_processes(temp_dir: str) -> list[psutil.Process]:
     return found
 
 
-def _wait(what: str, check: object, timeout_s: float) -> None:
+def _wait(
+    what: str, check: Callable[[], bool], agent: subprocess.Popen[str], timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if callable(check) and check():
+        if agent.poll() is not None:
+            out = agent.stdout.read() if agent.stdout else ""
+            raise AssertionError(f"agent exited ({agent.returncode}) before {what}:\n{out[-3000:]}")
+        if check():
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
@@ -81,10 +86,8 @@ def test_agent_join_registers_starts_ray_and_heartbeats(
     try:
         _wait(
             "the node registered with its Ray node id",
-            lambda: (
-                agent.poll() is None
-                and any(n.host == HOST and n.ray_node_id for n in service.list_nodes())
-            ),
+            lambda: any(n.host == HOST and n.ray_node_id for n in service.list_nodes()),
+            agent,
             120,
         )
         node = service.get_node(HOST).node
@@ -94,7 +97,7 @@ def test_agent_join_registers_starts_ray_and_heartbeats(
         assert resources.get(f"cunliang_host:{HOST}") == 1.0
         classes = [k for k in resources if k.startswith("device_class:lab/")]
         assert len(classes) == 1 and resources[classes[0]] == 1.0, resources
-        _wait("a heartbeat", lambda: service.get_node(HOST).node.health == "healthy", 10)
+        _wait("a heartbeat", lambda: service.get_node(HOST).node.health == "healthy", agent, 10)
         agent.send_signal(signal.SIGTERM)
         out, _ = agent.communicate(timeout=30)
         assert agent.returncode == 0, out

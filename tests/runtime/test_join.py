@@ -44,12 +44,14 @@ def test_class_resources_use_snapshot_ids() -> None:
 
 
 def test_ray_start_argv_joins_or_starts_a_head() -> None:
-    argv = ray_start_argv("10.0.0.1:6379", {"device_class:g/t4": 2}, "gpu-7", num_cpus=8)
-    assert argv[:4] == ["ray", "start", "--address", "10.0.0.1:6379"]
+    argv = ray_start_argv(
+        "10.0.0.1:6379", {"device_class:g/t4": 2}, "gpu-7", num_cpus=8, python="py"
+    )
+    assert argv[:6] == ["py", "-m", "ray.scripts.scripts", "start", "--address", "10.0.0.1:6379"]
     resources = json.loads(argv[argv.index("--resources") + 1])
     assert resources == {"device_class:g/t4": 2, "cunliang_host:gpu-7": 1.0}
     assert argv[-2:] == ["--num-cpus", "8"]
-    assert ray_start_argv("head", {}, "h", temp_dir="/tmp/r")[2:3] == ["--head"]
+    assert ray_start_argv("head", {}, "h", temp_dir="/tmp/r")[4:5] == ["--head"]
     assert ray_start_argv("head", {}, "h", temp_dir="/tmp/r")[-2:] == ["--temp-dir", "/tmp/r"]
 
 
@@ -98,7 +100,7 @@ def test_join_registers_once_starts_ray_and_records_the_node(
         first = join(api, runner, address="head:6379", host="w1", site="lab", devices=[CPU])
         again = join(api, runner, address="head:6379", host="w1", site="lab", devices=[CPU])
         assert first.registered and not again.registered, "re-joining keeps the registration"
-        assert runner.calls[0][:4] == ["ray", "start", "--address", "head:6379"]
+        assert runner.calls[0][3:6] == ["start", "--address", "head:6379"]
         api.set_ray_node("w1", "abc123")
         api.health("w1", True, "agent heartbeat")
     node = service.get_node("w1").node
