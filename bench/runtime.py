@@ -4,9 +4,11 @@ A real two-worker Ray cluster on this machine (``ray.cluster_utils.Cluster``, pr
 ``RAY_TMPDIR``), the scheduler's runtime (node watcher, controller, reconciler,
 RayLauncher) and the real gateway, one vLLM CPU replica of the generated demo model.
 
-* end to end: the same requests at concurrency 1 and 4, interleaved, straight to the
-  engine's own OpenAI server (the baseline: bare vLLM) and through the gateway (which
-  routes to that engine); ratio of throughput and added median latency;
+* end to end: the same requests at concurrency 1 and 4, three interleaved rounds
+  (medians), straight to the engine's own OpenAI server (the baseline: bare vLLM) and
+  through the gateway (which routes to that engine); ratio of throughput and added
+  median latency. The gateway runs in a thread of this process, sharing the GIL with
+  the load generator: its overhead here is an upper bound;
 * node loss: the worker node holding the replica is killed; measured: until the watcher
   reports it lost, until the replacement is started on the other node, until it serves
   (restored capacity); baseline: the cold start of the first replica in the same run.
@@ -54,7 +56,7 @@ SITE = Site("lab", "bench")
 WORKERS = {"node-a": "lab/cpu-a", "node-b": "lab/cpu-b"}
 ADMIN = "adm-cl-bench-runtime"
 CONCURRENCY = (1, 4)
-REQUESTS_PER_CLIENT = 6
+REQUESTS_PER_CLIENT = 16
 MAX_TOKENS = 32
 
 
@@ -205,7 +207,7 @@ def main() -> int:
             _load(engine_url, {}, 1)  # warm-up
             for c in CONCURRENCY:
                 rounds: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
-                for _ in range(2):  # interleaved: both see the same background load
+                for _ in range(3):  # interleaved: both see the same background load
                     rounds["direct"].append(_load(engine_url, {}, c))
                     rounds["gateway"].append(_load(gateway_url, auth, c))
                 for path, results in rounds.items():
