@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import threading
+import time
 from typing import Any
 
 from scheduler.errors import ConfigError
@@ -121,44 +123,85 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    """Controller + reconciler + node watcher against a Ray cluster, until SIGINT/SIGTERM.
+
+    Idempotent across restarts: replicas are detached named actors, adopted by name by
+    the next scheduler (no duplicates). Every second the node watcher reads Ray's node
+    table (lost hosts: inventory health failures, then quarantine) and the controller
+    replans at once when a host is lost; otherwise every ``--replan-interval-s``.
+    """
     from scheduler.inventory.periodic import AssessmentLoop
     from scheduler.inventory.service import InventoryService
     from scheduler.inventory.usage import SqlUsageSource
     from scheduler.placement import plan
     from scheduler.runtime.actors import vllm_actor_args
     from scheduler.runtime.controller import Controller
+    from scheduler.runtime.liveness import InventoryHealth, NodeWatcher
+    from scheduler.runtime.load import EngineLoad
     from scheduler.runtime.publish import DbEndpointSink
-    from scheduler.runtime.ray_backend import RayLauncher, init_ray
+    from scheduler.runtime.ray_backend import RayLauncher, init_ray, ray_nodes
     from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop
     from workers.actor import ReplicaActor
 
     database = _open_migrated(settings)
-    init_ray(settings.ray_address or "auto")
+    init_ray(args.ray_address or settings.ray_address or "auto")
     inventory = InventoryService(database, usage=SqlUsageSource(database))
     assessment = AssessmentLoop(inventory, settings.assessment_interval_s)
-    holder: dict[str, Controller] = {}
+    holder: dict[str, Any] = {}
     # detached actors outlive this process: a restarted scheduler adopts them (no duplicates)
     launcher = RayLauncher(
         ReplicaActor, vllm_actor_args(settings, lambda: holder["c"].models), detached=True
     )
-    reconciler = Reconciler(launcher, DbEndpointSink(database.sessions))
+    reconciler = Reconciler(
+        launcher,
+        DbEndpointSink(database.sessions),
+        outstanding=EngineLoad(lambda rid: holder["r"].base_url_of(rid)),
+        # gateways reload the endpoint table every second: 3 s covers a routed request
+        drain_grace_s=3.0,
+    )
+    holder["r"] = reconciler
+    watcher = NodeWatcher(
+        ray_nodes,
+        InventoryHealth(inventory),
+        known_ids=lambda: {n.ray_node_id: n.host for n in inventory.list_nodes() if n.ray_node_id},
+    )
     controller = Controller(
         inventory.snapshot,
         lambda fleet, demands, models, current: plan(fleet, demands, models, current=current),
         reconciler,
+        lost_hosts=watcher.lost,
     )
     holder["c"] = controller
     loop = ReconcilerLoop(reconciler, interval_s=1.0)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print("cunliang scheduler: running (replicas survive a scheduler restart)", flush=True)
-    controller.tick()
+    adopted = len(reconciler.statuses())
+    print(
+        f"cunliang scheduler: running, {adopted} replica(s) adopted "
+        "(replicas survive a scheduler restart)",
+        flush=True,
+    )
     loop.start()
     assessment.start()
-    while not stop.wait(args.replan_interval_s):
-        controller.tick()
+    _control_loop(stop, watcher, controller, args.replan_interval_s)
     assessment.stop()
     loop.stop()
     database.dispose()
     return 0
+
+
+def _control_loop(stop: threading.Event, watcher: Any, controller: Any, replan_s: float) -> None:
+    """Watch nodes every second; replan when the lost set changes or every ``replan_s``."""
+    lost: frozenset[str] | None = None
+    last_plan = 0.0
+    while True:
+        try:
+            now_lost = watcher.tick()
+            if now_lost != lost or time.monotonic() - last_plan >= replan_s:
+                controller.tick()
+                lost, last_plan = now_lost, time.monotonic()
+        except Exception as exc:  # the scheduler outlives a bad tick (DB or Ray hiccup)
+            print(f"cunliang scheduler: control tick failed: {exc}", file=sys.stderr, flush=True)
+        if stop.wait(1.0):
+            return

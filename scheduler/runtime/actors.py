@@ -27,6 +27,8 @@ def vllm_actor_args(settings: Settings, models: Callable[[], Mapping[str, ModelS
         spec = models().get(replica.model)
         if spec is None:
             raise NotFound(f"model {replica.model!r} is not registered")
+        if replica.engine is Engine.LLAMA_CPP:
+            return llamacpp_args(settings, spec, replica_id, replica)
         device = DeviceKind.CPU if replica.engine is Engine.VLLM_CPU else DeviceKind.GPU
         config = VllmConfig(
             model=spec.variant_sources.get(replica.quant, spec.source),
@@ -45,3 +47,33 @@ def vllm_actor_args(settings: Settings, models: Callable[[], Mapping[str, ModelS
         }
 
     return build
+
+
+def llamacpp_args(
+    settings: Settings, spec: ModelSpec, replica_id: str, replica: Replica
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Actor arguments for a llama.cpp replica: the GGUF file registered as the variant's
+    source. Every layer is offered to the GPU (``-1``): a CUDA build on a pre-Volta node
+    offloads them all, a CPU build or a machine without a GPU keeps them on the CPU; the
+    Ray resource pin decides which machine it is."""
+    from workers.engines.llamacpp import LlamaCppConfig, LlamaCppServer
+
+    source = spec.variant_sources.get(replica.quant)
+    if source is None or not source.endswith(".gguf"):
+        raise NotFound(
+            f"model {replica.model!r} has no GGUF weights for {replica.quant}",
+            fix="register the .gguf file as the variant source of that quantisation",
+        )
+    config = LlamaCppConfig(
+        model=source,
+        served_model_name=replica.model,
+        device=DeviceKind.GPU,
+        max_model_len=min(settings.max_model_len, spec.arch.max_model_len),
+    )
+    timeout_s = settings.engine_start_timeout_s
+    return (replica_id, config, Path(settings.data_dir) / "logs"), {
+        "env": settings.engine_base_env(),
+        "start_timeout_s": timeout_s,
+        "metadata": replica_to_info(replica),
+        "engine_factory": lambda cfg, log: LlamaCppServer(cfg, log, start_timeout_s=timeout_s),
+    }

@@ -53,3 +53,20 @@ class DbEndpointSink:
     def publish(self, statuses: Sequence[ReplicaStatus]) -> None:
         with self._sessions.begin() as session:
             replace_endpoints(session, records_from_statuses(statuses, self._clock()))
+
+
+class TableEndpointSink:
+    """EndpointSink straight into an in-process gateway's ``ReplicaTable`` (no database)."""
+
+    def __init__(
+        self, table: Any, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._table = table
+        self._clock = clock
+
+    def publish(self, statuses: Sequence[ReplicaStatus]) -> None:
+        from scheduler.gateway.db_directory import endpoint_from_record
+
+        now = self._clock()
+        records = records_from_statuses(statuses, now)
+        self._table.set(endpoint_from_record(r, now, stale_after_s=float("inf")) for r in records)

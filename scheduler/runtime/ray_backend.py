@@ -24,7 +24,7 @@ from scheduler.runtime.reconciler import Observation, ReplicaState
 log = logging.getLogger(__name__)
 
 NAMESPACE = "cunliang"
-HEALTH_TIMEOUT_S = 10.0
+HEALTH_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 60.0
 
 
@@ -54,6 +54,12 @@ def init_ray(
         )
 
 
+def ray_nodes() -> list[dict[str, Any]]:
+    """Ray's node table (``NodeID``, ``Alive``, ``Resources`` ...), dead nodes included."""
+    rows: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return rows
+
+
 # Builds the actor's constructor arguments for a replica: (args, kwargs).
 ActorArgs = Callable[[str, Replica], tuple[tuple[Any, ...], dict[str, Any]]]
 
@@ -64,6 +70,7 @@ class _Handle:
     replica: Replica
     start_ref: Any
     ready_url: str | None = None
+    failed: bool = False  # seen failed: stopping it is a kill, not a graceful stop
 
 
 def replica_to_info(replica: Replica) -> dict[str, Any]:
@@ -137,6 +144,11 @@ class RayLauncher:
         handle = self._handles.get(replica_id)
         if handle is None:
             return Observation(ReplicaState.FAILED, error="replica unknown to this launcher")
+        observation = self._observe(handle)
+        handle.failed = observation.state is ReplicaState.FAILED
+        return observation
+
+    def _observe(self, handle: _Handle) -> Observation:
         if handle.ready_url is None:
             done, _ = ray.wait([handle.start_ref], timeout=0)
             if not done:
@@ -157,6 +169,11 @@ class RayLauncher:
         handle = self._handles.pop(replica_id, None)
         if handle is None:
             self._kill_named(replica_id)
+            return
+        if handle.failed:
+            # a failed replica's actor may sit on a lost node: a graceful stop() would wait
+            # for STOP_TIMEOUT_S; killing the actor ends the engine through its supervisor
+            ray.kill(handle.actor, no_restart=True)
             return
         try:
             ray.get(handle.actor.stop.remote(), timeout=STOP_TIMEOUT_S)

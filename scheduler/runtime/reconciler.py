@@ -4,8 +4,11 @@ Each ``tick()``:
 1. expands the Plan into replica ids (``<model>.<quant>.<class>.tp<N>.<n>``);
 2. starts replicas that are desired but absent, honouring exponential backoff after failures;
 3. polls every known replica, records failures as status (never raises) and restarts them;
-4. drains replicas that are no longer desired: stop routing, wait for in-flight requests
-   (``outstanding``), then stop them;
+4. drains replicas that are no longer desired: a ready one keeps serving while a
+   replacement for its model is still starting (make-before-break, so a drain or a move
+   never leaves a model without capacity), then stops receiving new requests, waits at
+   least ``drain_grace_s`` (gateways learn of the drain within their refresh period) and
+   until its in-flight requests finish (``outstanding``), then stops;
 5. publishes the endpoints of ready replicas to the sink (the gateway's replica table).
 
 Side effects are injected (``ReplicaLauncher``, ``EndpointSink``, ``outstanding``,
@@ -118,12 +121,18 @@ class Reconciler:
         outstanding: Callable[[str], int] = lambda _id: 0,
         clock: Callable[[], float] = time.monotonic,
         drain_timeout_s: float = 120.0,
+        drain_grace_s: float = 0.0,
+        hold_timeout_s: float = 900.0,
     ) -> None:
         self._launcher = launcher
         self._sink = sink
         self._outstanding = outstanding
         self._clock = clock
         self._drain_timeout_s = drain_timeout_s
+        self._drain_grace_s = drain_grace_s
+        self._hold_timeout_s = hold_timeout_s
+        # {replica_id: clock time since which an undesired ready replica is kept serving}
+        self._held: dict[str, float] = {}
         self._desired: dict[str, Replica] = {}
         # {replica_id: ReplicaStatus}
         self._status: dict[str, ReplicaStatus] = {}
@@ -155,6 +164,17 @@ class Reconciler:
         with self._lock:
             return sorted(self._status.values(), key=lambda s: s.id)
 
+    def base_url_of(self, replica_id: str) -> str | None:
+        """The engine URL of a known replica (kept while it drains)."""
+        with self._lock:
+            st = self._status.get(replica_id)
+            return st.base_url if st else None
+
+    def held(self) -> list[str]:
+        """Replicas no longer desired but kept serving until their replacement is ready."""
+        with self._lock:
+            return sorted(self._held)
+
     # -- the loop --------------------------------------------------------------------
     def tick(self) -> list[ReplicaStatus]:
         with self._lock:
@@ -166,6 +186,9 @@ class Reconciler:
                     ReplicaState.DRAINING,
                     ReplicaState.STOPPED,
                 ):
+                    if self._hold(st, now):
+                        self._observe(rid, now)
+                        continue
                     self._status[rid] = replace(st, state=ReplicaState.DRAINING, since=now)
                 self._observe(rid, now)
             self._status = {
@@ -174,6 +197,25 @@ class Reconciler:
             current = self.statuses()
         self._sink.publish(current)
         return current
+
+    def _hold(self, st: ReplicaStatus, now: float) -> bool:
+        """Keep an undesired READY replica serving while its model's desired replicas are
+        not all ready yet (replacements starting), up to ``hold_timeout_s``."""
+        if st.state is not ReplicaState.READY:
+            self._held.pop(st.id, None)
+            return False
+        model = st.replica.model
+        wanted = [rid for rid, r in self._desired.items() if r.model == model]
+        ready = [
+            rid
+            for rid in wanted
+            if (s := self._status.get(rid)) is not None and s.state is ReplicaState.READY
+        ]
+        since = self._held.setdefault(st.id, now)
+        if len(ready) < len(wanted) and now - since < self._hold_timeout_s:
+            return True
+        self._held.pop(st.id, None)
+        return False
 
     def _ensure(self, rid: str, replica: Replica, now: float) -> None:
         st = self._status.get(rid)
@@ -194,6 +236,7 @@ class Reconciler:
 
     def _fail(self, st: ReplicaStatus, error: str, now: float) -> None:
         attempts = st.attempts + 1
+        self._held.pop(st.id, None)
         log.warning("replica %s failed: %s", st.id, error)
         self._status[st.id] = replace(
             st,
@@ -214,8 +257,10 @@ class Reconciler:
         if st.state is ReplicaState.FAILED:
             return
         if st.state is ReplicaState.DRAINING:
-            timed_out = now - st.since > self._drain_timeout_s
-            if self._outstanding(rid) == 0 or timed_out:
+            waited_s = now - st.since
+            if waited_s < self._drain_grace_s:
+                return
+            if waited_s > self._drain_timeout_s or self._idle(rid):
                 self._safe_stop(st)
             return
         try:
@@ -228,6 +273,13 @@ class Reconciler:
             self._status[rid] = replace(
                 st, state=ReplicaState.READY, base_url=obs.base_url, attempts=0, since=now
             )
+
+    def _idle(self, rid: str) -> bool:
+        try:
+            return self._outstanding(rid) == 0
+        except Exception as exc:  # an unreadable load is not a reason to keep a replica forever
+            log.warning("in-flight count of %s unreadable: %s", rid, exc)
+            return True
 
     def _safe_stop(self, st: ReplicaStatus) -> None:
         try:

@@ -97,3 +97,78 @@ def test_restart_adopts_running_replicas_without_duplicates() -> None:
     rec.tick()
     assert launcher.started == []
     assert rec.statuses()[0].state is ReplicaState.READY
+
+
+def test_moved_replica_keeps_serving_until_its_replacement_is_ready() -> None:
+    """Make-before-break: a drain or a move never leaves the model without a ready replica."""
+    launcher = FakeLauncher(polls_to_ready=3)
+    rec = Reconciler(launcher, RecordingSink())
+    rec.apply(_plan(_replica("a")))
+    for _ in range(3):
+        rec.tick()
+    old, new = "demo.fp32.a.tp1.0", "demo.fp32.b.tp1.0"
+    rec.apply(_plan(_replica("b")))
+    states = {s.id: s.state for s in rec.tick()}
+    while states[new] is not ReplicaState.READY:
+        assert states == {old: ReplicaState.READY, new: ReplicaState.STARTING}
+        assert rec.held() == [old] and launcher.stopped == []
+        states = {s.id: s.state for s in rec.tick()}
+    states = {s.id: s.state for s in rec.tick()}  # replacement ready: the old one drains
+    assert states == {new: ReplicaState.READY}
+    assert launcher.stopped == [old] and rec.held() == []
+
+
+def test_hold_ends_at_its_timeout_when_the_replacement_never_comes_up() -> None:
+    clock = Clock()
+    launcher = FakeLauncher(polls_to_ready=1000)
+    rec = Reconciler(launcher, RecordingSink(), clock=clock, hold_timeout_s=30.0)
+    launcher.polls_to_ready = 1
+    rec.apply(_plan(_replica("a")))
+    rec.tick()
+    launcher.polls_to_ready = 1000
+    rec.apply(_plan(_replica("b")))
+    rec.tick()
+    assert rec.held() == ["demo.fp32.a.tp1.0"]
+    clock.now += 31
+    rec.tick()
+    assert launcher.stopped == ["demo.fp32.a.tp1.0"]
+
+
+def test_drain_waits_the_grace_period_before_stopping_an_idle_replica() -> None:
+    clock = Clock()
+    launcher = FakeLauncher()
+    rec = Reconciler(launcher, RecordingSink(), clock=clock, drain_grace_s=3.0)
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    rec.drain("demo.fp32.local-cpu.tp1.0")
+    rec.tick()
+    clock.now += 2
+    assert rec.tick()[0].state is ReplicaState.DRAINING, "gateways may still route for 3 s"
+    clock.now += 1.5
+    assert rec.tick() == [] and launcher.stopped == ["demo.fp32.local-cpu.tp1.0"]
+
+
+def test_unreadable_in_flight_count_does_not_pin_a_draining_replica() -> None:
+    def broken(_rid: str) -> int:
+        raise OSError("connection refused")
+
+    launcher = FakeLauncher()
+    rec = Reconciler(launcher, RecordingSink(), outstanding=broken)
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    rec.apply(_plan())
+    assert rec.tick() == []
+    assert launcher.stopped == ["demo.fp32.local-cpu.tp1.0"]
+
+
+def test_dead_replica_that_is_no_longer_wanted_is_not_held() -> None:
+    launcher = FakeLauncher(polls_to_ready=1)
+    rec = Reconciler(launcher, RecordingSink())
+    rec.apply(_plan(_replica("a")))
+    rec.tick()
+    launcher.dead.add("demo.fp32.a.tp1.0")
+    launcher.polls_to_ready = 5
+    rec.apply(_plan(_replica("b")))
+    rec.tick()
+    assert rec.held() == []
+    assert "demo.fp32.a.tp1.0" in launcher.stopped
