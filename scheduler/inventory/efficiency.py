@@ -1,0 +1,178 @@
+"""Stored node profiles -> the perf model's efficiency factors for a device class. Pure.
+
+A profile payload is what ``workers.profiler.MachineProfile.to_json()`` wrote, plus the
+``device_figures`` the inventory adds (the device slots the measurement is for). Each
+engine row — one dtype at one batch size on the reference model — is a
+:class:`scheduler.perf.MeasuredPoint`; ``fit_efficiency`` turns a class's points into the
+``DeviceClass.efficiency`` the placement optimiser passes to ``perf.predict``.
+
+Old or malformed payloads give no points (never an exception): without the reference
+model's shape and the prompt/decode lengths a row cannot be compared with the roofline.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from statistics import median
+from typing import Any
+
+from scheduler.catalog import arch_from_hf_config
+from scheduler.domain import DeviceSpec, ModelArch, Quant
+from scheduler.perf import MeasuredPoint, Workload, fit_efficiency
+
+_DTYPE_QUANT = {"float32": Quant.FP32, "bfloat16": Quant.BF16, "float16": Quant.FP16}
+# the demo model's manifest parameters -> config.json keys (payloads before the config)
+_PARAM_KEYS = {
+    "hidden": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "intermediate": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_position": "max_position_embeddings",
+}
+
+
+def reference_arch(payload: Mapping[str, Any]) -> ModelArch | None:
+    """The reference model's architecture: its config.json, else the demo manifest's
+    parameters (the demo model unties its embeddings); None when neither is usable."""
+    name = str(payload.get("reference_model") or "reference")
+    config = payload.get("reference_model_config")
+    if not isinstance(config, Mapping) or not config:
+        params = payload.get("reference_model_params")
+        if not isinstance(params, Mapping):
+            return None
+        config = {hf: params[k] for k, hf in _PARAM_KEYS.items() if k in params}
+        config["tie_word_embeddings"] = False
+    try:
+        arch = arch_from_hf_config(dict(config), name)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return arch if arch.params_b > 0 and arch.layers > 0 else None
+
+
+def points_from_profile(payload: Mapping[str, Any]) -> list[MeasuredPoint]:
+    """Every successful engine row of a stored profile as a MeasuredPoint.
+
+    Rows of each working dtype (fp32, bf16, fp16) and of the int8 W8A8 variant, at the
+    profile's ``prompt_tokens`` / ``decode_tokens``. Empty for a payload that lacks
+    the reference model's shape or those lengths, or whose rows are malformed.
+    """
+    arch = reference_arch(payload)
+    prompt = _positive_int(payload.get("prompt_tokens"))
+    decode = _positive_int(payload.get("decode_tokens"))
+    if arch is None or prompt is None or decode is None:
+        return []
+    probes: list[tuple[Quant, Any]] = []
+    engine = payload.get("engine")
+    for probe in engine if isinstance(engine, list) else []:
+        quant = _DTYPE_QUANT.get(str(probe.get("dtype"))) if isinstance(probe, Mapping) else None
+        if quant is not None:
+            probes.append((quant, probe))
+    int8 = payload.get("int8_w8a8")
+    if isinstance(int8, Mapping):
+        probes.append((Quant.INT8_W8A8, int8))
+    points = []
+    try:
+        for quant, probe in probes:
+            if probe.get("ok") is not True:
+                continue
+            for row in probe.get("rows") or ():
+                decode_rate = float(row["decode_tokens_per_s"])
+                prefill_rate = float(row.get("prefill_tokens_per_s") or 0.0)
+                batch = int(row["batch"])
+                if batch < 1 or not decode_rate > 0:
+                    continue
+                workload = Workload(batch, prompt, decode)
+                points.append(
+                    MeasuredPoint(arch, quant, workload, decode_rate, prefill_rate or None)
+                )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return []
+    return points
+
+
+def fit_points(payload: Mapping[str, Any]) -> list[MeasuredPoint]:
+    """The points a class's efficiency is fitted on: the rows of the profile's chosen
+    dtype (the one the node serves in; one set of factors cannot fit dtypes whose kernels
+    differ), or every row when no choice is recorded."""
+    points = points_from_profile(payload)
+    chosen = _DTYPE_QUANT.get(str(payload.get("chosen_dtype")))
+    picked = [p for p in points if p.quant is chosen]
+    return picked or points
+
+
+def class_points(points: Sequence[MeasuredPoint]) -> list[MeasuredPoint]:
+    """One point per (model, quant, workload, tp): the median rates over the class's hosts.
+
+    Devices of a class are identical, so hosts measure the same thing; the median keeps
+    the fit a handful of points however many hosts a class has, and shrugs off one
+    host measured while busy.
+    """
+    groups: dict[tuple[Any, ...], list[MeasuredPoint]] = defaultdict(list)
+    for p in points:
+        groups[(p.arch, p.quant, p.workload, p.tp)].append(p)
+    out = []
+    for (arch, quant, workload, tp), same in groups.items():
+        prefill = [p.prefill_tokens_per_s for p in same if p.prefill_tokens_per_s]
+        out.append(
+            MeasuredPoint(
+                arch,
+                quant,
+                workload,
+                median(p.decode_tokens_per_s for p in same),
+                median(prefill) if prefill else None,
+                tp,
+            )
+        )
+    return out
+
+
+def measured_slots(payload: Mapping[str, Any]) -> frozenset[int]:
+    """Device slots of the node the engine rows were measured on (``device_figures``)."""
+    figures = payload.get("device_figures")
+    slots = set()
+    for figure in figures if isinstance(figures, list) else []:
+        slot = figure.get("slot") if isinstance(figure, Mapping) else None
+        if isinstance(slot, int):
+            slots.add(slot)
+    return frozenset(slots)
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+class EfficiencyCache:
+    """Fitted factors by key (class spec + the profile versions that fed it).
+
+    ``fit_efficiency`` runs a least-squares fit (tens of ms); the snapshot is taken every
+    scheduler tick, so each distinct (spec, profile versions) is fitted once. Bounded:
+    the oldest entries go first when more than ``max_entries`` are held.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._fits: dict[Hashable, dict[str, float]] = {}
+        self._max_entries = max_entries
+        self._lock = threading.Lock()  # the scheduler tick and admin requests share it
+
+    def get(
+        self, spec: DeviceSpec, sources: Hashable, points: Callable[[], Sequence[MeasuredPoint]]
+    ) -> dict[str, float]:
+        """Factors for ``spec`` fitted on ``points()``, which is only called on a miss.
+
+        ``sources`` names what ``points()`` reads (e.g. node, profile version and device
+        slots): equal sources mean equal points.
+        """
+        key = (spec, sources)
+        with self._lock:
+            if key not in self._fits:
+                if len(self._fits) >= self._max_entries:
+                    self._fits.pop(next(iter(self._fits)))
+                measured = class_points(points())
+                self._fits[key] = fit_efficiency(spec, measured) if measured else {}
+            return dict(self._fits[key])
