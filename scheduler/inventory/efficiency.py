@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
@@ -147,32 +148,67 @@ def _positive_int(value: object) -> int | None:
     return None
 
 
-class EfficiencyCache:
-    """Fitted factors by key (class spec + the profile versions that fed it).
+Loader = Callable[[Sequence[int]], Iterable[tuple[int, Mapping[str, Any]]]]
 
-    ``fit_efficiency`` runs a least-squares fit (tens of ms); the snapshot is taken every
-    scheduler tick, so each distinct (spec, profile versions) is fitted once. Bounded:
-    the oldest entries go first when more than ``max_entries`` are held.
+
+@dataclass(frozen=True)
+class _Parsed:
+    slots: frozenset[int]  # device slots the profile measured
+    points: tuple[MeasuredPoint, ...]
+
+
+class EfficiencyCache:
+    """Fitted factors per (class spec, profiles that fed it), and parsed profiles by id.
+
+    ``fit_efficiency`` runs a least-squares fit (tens of ms) and a class may span
+    thousands of hosts; the snapshot is taken every scheduler tick. So each distinct
+    (spec, profile rows, slots) is fitted once, and each profile row (rows are never
+    updated: a new measurement is a new row) is loaded and parsed once. Bounded: the
+    oldest entries go first when more than ``max_entries`` fits or ``max_profiles``
+    profiles are held.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, max_profiles: int = 200_000) -> None:
         self._fits: dict[Hashable, dict[str, float]] = {}
+        self._profiles: dict[int, _Parsed] = {}
         self._max_entries = max_entries
+        self._max_profiles = max_profiles
         self._lock = threading.Lock()  # the scheduler tick and admin requests share it
 
     def get(
-        self, spec: DeviceSpec, sources: Hashable, points: Callable[[], Sequence[MeasuredPoint]]
+        self, spec: DeviceSpec, profiles: Mapping[int, frozenset[int]], load: Loader
     ) -> dict[str, float]:
-        """Factors for ``spec`` fitted on ``points()``, which is only called on a miss.
-
-        ``sources`` names what ``points()`` reads (e.g. node, profile version and device
-        slots): equal sources mean equal points.
+        """Factors for ``spec`` fitted on the profiles ``{profile id: the class's device
+        slots on that host}``: the points of each profile that measured one of those
+        slots, merged over hosts (:func:`class_points`). ``load(ids)`` yields
+        ``(id, payload)`` for profiles not parsed before and is only called on a miss.
+        {} when no profile measured the class.
         """
-        key = (spec, sources)
+        key = (spec, tuple(sorted(profiles.items(), key=lambda kv: kv[0])))
         with self._lock:
             if key not in self._fits:
-                if len(self._fits) >= self._max_entries:
-                    self._fits.pop(next(iter(self._fits)))
-                measured = class_points(points())
+                self._parse([i for i in profiles if i not in self._profiles], load)
+                points = [
+                    point
+                    for i, slots in profiles.items()
+                    if (parsed := self._profiles.get(i)) and parsed.slots & slots
+                    for point in parsed.points
+                ]
+                measured = class_points(points)
+                _bounded(self._fits, self._max_entries)
                 self._fits[key] = fit_efficiency(spec, measured) if measured else {}
             return dict(self._fits[key])
+
+    def _parse(self, ids: Sequence[int], load: Loader) -> None:
+        if not ids:
+            return
+        for profile_id, payload in load(ids):
+            _bounded(self._profiles, self._max_profiles)
+            self._profiles[profile_id] = _Parsed(
+                measured_slots(payload), tuple(fit_points(payload))
+            )
+
+
+def _bounded(cache: dict[Any, Any], max_entries: int) -> None:
+    while len(cache) >= max_entries:
+        cache.pop(next(iter(cache)))

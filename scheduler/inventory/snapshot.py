@@ -8,6 +8,7 @@ holding them; economics are the class average (devices of one class are bought a
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from statistics import fmean
@@ -32,8 +33,7 @@ from scheduler.fleetfile import slug
 from scheduler.inventory.admission import stored_economics, to_site
 from scheduler.inventory.demand import model_specs
 from scheduler.inventory.economics import to_economics
-from scheduler.inventory.efficiency import EfficiencyCache, fit_points, measured_slots
-from scheduler.perf import MeasuredPoint
+from scheduler.inventory.efficiency import EfficiencyCache
 from scheduler.store.inventory import DeviceRow, NodeRow, ProfileRow, SiteRow
 
 
@@ -207,21 +207,14 @@ def _class_efficiency(
             slots[host].add(device.slot)
     if not slots:
         return {}
-    sources = tuple(
-        sorted(
-            (newest[h].profile_id, newest[h].version, tuple(sorted(s))) for h, s in slots.items()
-        )
-    )
+    profiles = {newest[h].profile_id: frozenset(s) for h, s in slots.items()}
 
-    def points() -> list[MeasuredPoint]:
-        by_id = {newest[h].profile_id: s for h, s in slots.items()}
-        rows = session.execute(
-            select(ProfileRow.id, ProfileRow.payload).where(ProfileRow.id.in_(list(by_id)))
-        )
-        out: list[MeasuredPoint] = []
-        for profile_id, payload in rows:
-            if isinstance(payload, dict) and measured_slots(payload) & by_id[profile_id]:
-                out.extend(fit_points(payload))
+    def load(ids: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        for start in range(0, len(ids), 500):  # bounded IN lists
+            chunk = list(ids[start : start + 500])
+            query = select(ProfileRow.id, ProfileRow.payload).where(ProfileRow.id.in_(chunk))
+            out += [(i, p if isinstance(p, dict) else {}) for i, p in session.execute(query)]
         return out
 
-    return fits.get(spec, sources, points)
+    return fits.get(spec, profiles, load)

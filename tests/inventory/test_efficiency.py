@@ -10,6 +10,7 @@ service, as ``cunliang agent --post`` sends them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -204,22 +205,26 @@ def test_malformed_newest_profile_is_skipped_and_defaults_return(
     assert cpu.count == 1 and cpu.efficiency == {}
 
 
-def test_cache_fits_once_per_spec_and_profile_versions() -> None:
-    cache = EfficiencyCache(max_entries=2)
-    points = fit_points(agent_profile().to_json())
-    calls = []
+def test_cache_fits_once_per_spec_and_profiles_and_parses_each_profile_once() -> None:
+    cache = EfficiencyCache()
+    payload = {**agent_profile().to_json(), "device_figures": [{"slot": 3}]}
+    loaded: list[list[int]] = []
 
-    def load() -> list[Any]:
-        calls.append(1)
-        return points
+    def load(ids: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+        loaded.append(sorted(ids))
+        return [(i, payload) for i in ids]
 
     epyc = lookup_device("AMD EPYC 7763")
     assert epyc is not None
-    first = cache.get(epyc, ((1, 1, (3,)),), load)
-    again = cache.get(epyc, ((1, 1, (3,)),), load)
-    assert first == again and len(calls) == 1
-    cache.get(epyc, ((1, 2, (3,)),), load)  # a newer profile version refits
-    assert len(calls) == 2
+    first = cache.get(epyc, {1: frozenset({3})}, load)
+    assert first and cache.get(epyc, {1: frozenset({3})}, load) == first
+    assert loaded == [[1]]
+    # a newer profile row of another host: only that row is loaded, the class refits
+    assert cache.get(epyc, {1: frozenset({3}), 2: frozenset({3})}, load)
+    assert loaded == [[1], [2]]
+    # a class whose devices the profile did not measure (slot 0, a GPU) gets defaults
+    assert cache.get(epyc, {1: frozenset({0})}, load) == {}
+    assert loaded == [[1], [2]]
 
 
 def test_class_points_take_the_median_over_hosts() -> None:
