@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import scipy.optimize  # noqa: F401  imported up front: "cold" times the fits, not the import
 from sqlalchemy import func, insert, select, update
 
 from bench.inventory import REFERENCE, ROOT, Clock, machine, scaled_fleet_file

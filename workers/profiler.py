@@ -6,7 +6,9 @@ probe), and a real vLLM benchmark on the reference (demo) model at batch 1, 8 an
 every dtype torch could run, then for its int8 W8A8 variant (compressed-tensors, made
 by :mod:`workers.quantize`) with activations in the fastest dtype. ``quick_profile`` is what ``cunliang up`` needs: host + the
 cached dtype probe. Both return a :class:`MachineProfile` whose ``to_json()`` is what
-the inventory stores as a profile.
+the inventory stores as a profile. A profile carries the reference model's ``config.json``
+and the prompt/decode lengths of its engine rows, so the scheduler can fit its performance
+model to them (``scheduler.inventory.efficiency``).
 """
 
 from __future__ import annotations
