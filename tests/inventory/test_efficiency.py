@@ -19,6 +19,8 @@ import pytest
 from scheduler.catalog import lookup_device
 from scheduler.domain import DeviceClass, DeviceKind, Quant
 from scheduler.inventory.efficiency import (
+    ALL_KEYS,
+    OVERHEAD_KEYS,
     EfficiencyCache,
     class_points,
     fit_points,
@@ -27,7 +29,7 @@ from scheduler.inventory.efficiency import (
 from scheduler.inventory.schemas import DeviceIn, NodeIn, ProfileIn
 from scheduler.inventory.service import InventoryService
 from scheduler.lifecycle import AdmissionPolicy
-from scheduler.perf import Workload, predict
+from scheduler.perf import Workload, batch_prefill_s, predict
 from scheduler.store.db import Database
 from tests.fakes.inventory import FakeClock, FakeReplicas, FakeUsage
 from tests.fakes.nvml import two_t4_and_a_p40
@@ -176,7 +178,9 @@ def test_posted_profile_fits_the_cpu_class_to_its_measurements(
     post(inventory, host, profile_post_body(profile))
     by_model = classes(inventory)
     cpu = by_model["AMD EPYC 7763"]
-    assert cpu.efficiency and set(cpu.efficiency) >= {"decode", "step_overhead_s"}
+    # a ~35 MB model lives in caches: only the overheads are fitted, bandwidth and FLOP
+    # efficiencies keep their defaults (a fit > 1 would oversell real models)
+    assert set(cpu.efficiency) == set(OVERHEAD_KEYS)
     # the rows measured the CPU slot only: the GPUs keep the perf model's defaults
     assert by_model["Tesla T4"].efficiency == {} and by_model["Tesla P40"].efficiency == {}
     for row in MEASURED_FP32:
@@ -225,6 +229,40 @@ def test_cache_fits_once_per_spec_and_profiles_and_parses_each_profile_once() ->
     # a class whose devices the profile did not measure (slot 0, a GPU) gets defaults
     assert cache.get(epyc, {1: frozenset({0})}, load) == {}
     assert loaded == [[1], [2]]
+
+
+QWEN_1_5B: dict[str, Any] = {  # Qwen2.5-1.5B's config.json shape
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "max_position_embeddings": 32768,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+    "vocab_size": 151936,
+}
+
+
+def test_a_reference_model_larger_than_caches_fits_bandwidth_and_flops_too() -> None:
+    epyc = lookup_device("AMD EPYC 7763")
+    assert epyc is not None
+    truth = {"decode": 0.62, "prefill": 0.3, "step_overhead_s": 0.003, "seq_overhead_s": 2e-4}
+    arch = points_from_profile(agent_profile(reference_model_config=QWEN_1_5B).to_json())[0].arch
+    rows = []
+    for batch in (1, 8, 32):
+        wl = Workload(batch, PROMPT_TOKENS, DECODE_TOKENS)
+        r = predict(arch, Quant.FP32, epyc, wl, 1, truth, frozenset({Quant.FP32}))
+        assert r.ok, r.reason
+        prefill_s = batch_prefill_s(arch, Quant.FP32, epyc, PROMPT_TOKENS, batch, 1, truth)
+        rows.append(
+            BatchThroughput(batch, batch * PROMPT_TOKENS / prefill_s, batch / (r.step_ms / 1e3))
+        )
+    engine = (DtypeProbe("float32", True, rows=tuple(rows)),)
+    profile = agent_profile(reference_model_config=QWEN_1_5B, engine=engine, int8_w8a8=None)
+    payload = {**profile.to_json(), "device_figures": [{"slot": 0}]}
+    fitted = EfficiencyCache().get(epyc, {7: frozenset({0})}, lambda ids: [(7, payload)])
+    assert set(fitted) == set(ALL_KEYS)
+    assert fitted["decode"] == pytest.approx(truth["decode"], rel=0.1)
 
 
 def test_class_points_take_the_median_over_hosts() -> None:
