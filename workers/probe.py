@@ -43,6 +43,8 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 PROBE_VERSION = 1  # bump when what a probe measures changes
 # batch 8 as well as 1: the dtype choice compares batched rates (see dtype_score)
 QUICK_BATCHES: tuple[int, ...] = (1, 8)
+# tokens generated per sequence in the quick probe (each engine row's decode length)
+QUICK_DECODE_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ def probe_engine(
     dtype: str,
     *,
     batches: Sequence[int] = (1,),
-    decode_tokens: int = 32,
+    decode_tokens: int = QUICK_DECODE_TOKENS,
     timeout_s: float = 300.0,
     env: Mapping[str, str],
     log_path: Path | None = None,

@@ -6,15 +6,18 @@ probe), and a real vLLM benchmark on the reference (demo) model at batch 1, 8 an
 every dtype torch could run, then for its int8 W8A8 variant (compressed-tensors, made
 by :mod:`workers.quantize`) with activations in the fastest dtype. ``quick_profile`` is what ``cunliang up`` needs: host + the
 cached dtype probe. Both return a :class:`MachineProfile` whose ``to_json()`` is what
-the inventory stores as a profile.
+the inventory stores as a profile. A profile carries the reference model's ``config.json``
+and the prompt/decode lengths of its engine rows, so the scheduler can fit its performance
+model to them (``scheduler.inventory.efficiency``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from workers.demo_model import ensure_demo_model, read_manifest
 from workers.hardware import HostInfo, NvmlLike, detect_host
 from workers.probe import (
     DTYPES,
+    QUICK_DECODE_TOKENS,
     DtypeProbe,
     MatmulProbe,
     choose_dtype,
@@ -32,6 +36,7 @@ from workers.probe import (
     probe_matmul,
     quick_probe,
 )
+from workers.probe_child import PROMPT_TOKENS
 from workers.quantize import make_w8a8
 
 Progress = Callable[[str, float], None]
@@ -60,6 +65,11 @@ class MachineProfile:
     int8_w8a8: DtypeProbe | None = None
     notes: tuple[str, ...] = ()
     schema: int = PROFILE_SCHEMA
+    # what the scheduler needs to fit its performance model to the rows above: the
+    # reference model's config.json and the lengths every engine row was measured at
+    reference_model_config: Mapping[str, Any] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
 
     @property
     def working_dtypes(self) -> tuple[str, ...]:
@@ -105,6 +115,15 @@ def memory_bandwidth_bytes_per_s(size_bytes: int = 256 * 2**20, seconds: float =
 
 def _versions() -> dict[str, str]:
     return {name: package_version(name) for name in ("vllm", "torch", "transformers")}
+
+
+def _model_config(model_dir: Path) -> dict[str, Any]:
+    """The model's Hugging Face ``config.json`` ({} when absent or unreadable)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _model_params(model_dir: Path) -> dict[str, Any]:
@@ -185,6 +204,9 @@ def full_profile(
         chosen_dtype=chosen,
         int8_w8a8=int8,
         notes=notes,
+        reference_model_config=_model_config(model),
+        prompt_tokens=PROMPT_TOKENS,
+        decode_tokens=decode_tokens,
     )
 
 
@@ -226,6 +248,9 @@ def quick_profile(
         engine=probe.probes,
         chosen_dtype=probe.chosen_dtype,
         notes=notes,
+        reference_model_config=_model_config(model),
+        prompt_tokens=PROMPT_TOKENS,
+        decode_tokens=QUICK_DECODE_TOKENS,
     )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from scheduler.domain import Demand, Fleet, LifecycleState, ModelSpec
 from scheduler.errors import Conflict, InvalidInput, NotFound
 from scheduler.inventory import admission, assessment, demand, fleet_io, snapshot
+from scheduler.inventory.efficiency import EfficiencyCache
 from scheduler.inventory.ports import NoRuntime, NoUsage, ReplicaCounter, UsageSource
 from scheduler.inventory.records import (
     apply_transitions,
@@ -73,6 +74,8 @@ class InventoryService:
         self._usage: UsageSource = usage or NoUsage()
         self._replicas: ReplicaCounter = replicas or NoRuntime()
         self._clock = clock
+        # fitted efficiency factors by (class spec, profiles): snapshot() runs every tick
+        self._fits = EfficiencyCache()
 
     # ── sites ────────────────────────────────────────────────────────────────────
     def add_site(self, site: SiteIn, actor: str) -> SiteOut:
@@ -485,7 +488,7 @@ class InventoryService:
         """What the placement optimiser needs: admitted devices aggregated into classes
         (identical devices at one site, ``node_ids`` = hosts), demands and models."""
         with self._db.readers() as session:
-            return snapshot.build(session, self._clock())
+            return snapshot.build(session, self._clock(), fits=self._fits)
 
     def import_fleet(
         self, fleet: Fleet, models: Sequence[ModelSpec], demands: Sequence[Demand], actor: str

@@ -8,6 +8,7 @@ holding them; economics are the class average (devices of one class are bought a
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from statistics import fmean
@@ -32,6 +33,7 @@ from scheduler.fleetfile import slug
 from scheduler.inventory.admission import stored_economics, to_site
 from scheduler.inventory.demand import model_specs
 from scheduler.inventory.economics import to_economics
+from scheduler.inventory.efficiency import EfficiencyCache
 from scheduler.store.inventory import DeviceRow, NodeRow, ProfileRow, SiteRow
 
 
@@ -89,8 +91,15 @@ def build(
     session: Session,
     now: datetime,
     states: tuple[LifecycleState, ...] = (LifecycleState.ADMITTED,),
+    fits: EfficiencyCache | None = None,
 ) -> tuple[Fleet, tuple[Demand, ...], dict[str, ModelSpec]]:
-    """Devices in ``states`` (placement: admitted only) as classes, plus demands and models."""
+    """Devices in ``states`` (placement: admitted only) as classes, plus demands and models.
+
+    A class's ``efficiency`` is fitted on the engine rows of its hosts' newest profiles
+    that measured its devices (see :mod:`scheduler.inventory.efficiency`); empty (the
+    perf model's defaults) when none did. ``fits`` keeps fits across calls.
+    """
+    fits = fits if fits is not None else EfficiencyCache()
     sites = {s.id: s for s in session.scalars(select(SiteRow).order_by(SiteRow.name))}
     rows = session.execute(
         select(DeviceRow, NodeRow.host, NodeRow.site_id)
@@ -111,27 +120,29 @@ def build(
             per_node=per_node[(host, device.model, device.memory_bytes)],
         )
         groups[key].append((device, host))
-    quants = _proven_quants(session)
+    newest = _newest_profiles(session)
     site_by_name = {s.name: to_site(s) for s in sites.values()}
     today = now.date()
     ids = _class_ids(list(groups))
     classes = []
     for key, members in sorted(groups.items(), key=lambda kv: ids[kv[0]]):
         hosts = tuple(sorted({h for _, h in members}))
-        proven = [quants.get(h, frozenset()) for h in hosts]
+        proven = [newest[h].quants if h in newest else frozenset[Quant]() for h in hosts]
         # a quantisation counts as proven for the class only if every node proved it
         measured = frozenset.intersection(*proven) if all(proven) else frozenset[Quant]()
+        spec = to_spec(members[0][0])
         classes.append(
             DeviceClass(
                 id=ids[key],
                 site=site_by_name[key.site],
-                spec=to_spec(members[0][0]),
+                spec=spec,
                 count=len(members),
                 per_node=key.per_node,
                 economics=_mean_economics(
                     [to_economics(stored_economics(d), today) for d, _ in members]
                 ),
                 measured_quants=measured,
+                efficiency=_class_efficiency(session, spec, members, newest, fits),
                 node_ids=hosts,
             )
         )
@@ -150,23 +161,60 @@ def _mean_economics(items: list[Economics]) -> Economics:
     )
 
 
-def _proven_quants(session: Session) -> dict[str, frozenset[Quant]]:
-    """Quantisations each host's newest profile proved to run (empty = none stated)."""
+@dataclass(frozen=True)
+class _Newest:
+    """A host's newest profile: its row id and version, and the quantisations it proved."""
+
+    profile_id: int
+    version: int
+    quants: frozenset[Quant]
+
+
+def _newest_profiles(session: Session) -> dict[str, _Newest]:
+    """Each host's newest profile (quants empty = none stated). Payloads are not loaded."""
     newest = (
         select(ProfileRow.node_id, func.max(ProfileRow.version).label("version"))
         .group_by(ProfileRow.node_id)
         .subquery()
     )
     query = (
-        select(NodeRow.host, ProfileRow.quants)
+        select(NodeRow.host, ProfileRow.id, ProfileRow.version, ProfileRow.quants)
         .join(ProfileRow, ProfileRow.node_id == NodeRow.id)
         .join(
             newest,
             (newest.c.node_id == ProfileRow.node_id) & (newest.c.version == ProfileRow.version),
         )
     )
-    out: dict[str, frozenset[Quant]] = {}
-    for host, quants in session.execute(query):
+    out: dict[str, _Newest] = {}
+    for host, profile_id, version, quants in session.execute(query):
         valid = [Quant(q) for q in quants if q in Quant._value2member_map_]
-        out[host] = frozenset(valid)
+        out[host] = _Newest(profile_id, version, frozenset(valid))
     return out
+
+
+def _class_efficiency(
+    session: Session,
+    spec: DeviceSpec,
+    members: list[tuple[DeviceRow, str]],
+    newest: dict[str, _Newest],
+    fits: EfficiencyCache,
+) -> dict[str, float]:
+    """Factors fitted on the newest profiles of the class's hosts, where a profile's
+    ``device_figures`` name one of the class's devices on that host; {} when none do."""
+    slots: dict[str, set[int]] = defaultdict(set)
+    for device, host in members:
+        if host in newest:
+            slots[host].add(device.slot)
+    if not slots:
+        return {}
+    profiles = {newest[h].profile_id: frozenset(s) for h, s in slots.items()}
+
+    def load(ids: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        for start in range(0, len(ids), 500):  # bounded IN lists
+            chunk = list(ids[start : start + 500])
+            query = select(ProfileRow.id, ProfileRow.payload).where(ProfileRow.id.in_(chunk))
+            out += [(i, p if isinstance(p, dict) else {}) for i, p in session.execute(query)]
+        return out
+
+    return fits.get(spec, profiles, load)
