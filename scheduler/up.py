@@ -425,6 +425,8 @@ def _start_ray(ray_dir: Path, resources: dict[str, float], num_cpus: int | None)
         log_to_driver=False,
         _temp_dir=str(ray_dir),
     )
+    # ray.init installs a SIGTERM handler that exits at once; keep ours (a clean stop)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _stop_ray() -> None:
