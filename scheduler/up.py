@@ -175,10 +175,13 @@ class _EmbeddedStack:
                 ),
                 actor="cunliang up",
             )
-        inventory.register_node(
-            NodeIn(host=host, site=self.s.site_name, devices=[_cpu_device_in(cpu)]),
-            actor="cunliang up",
-        )
+        if not any(node.host == host for node in inventory.list_nodes(site=self.s.site_name)):
+            inventory.register_node(
+                NodeIn(host=host, site=self.s.site_name, devices=[_cpu_device_in(cpu)]),
+                actor="cunliang up",
+            )
+        else:
+            self.c.info(f"{host} is registered already: reprofiling it")
         dtype, profile = self._probe(model_dir)
         result = inventory.add_profile(host, profile, actor="cunliang up")
         for d in result.admission:

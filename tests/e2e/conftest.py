@@ -63,7 +63,8 @@ def up_command(data_dir: Path, port: int, *extra: str) -> list[str]:
     ]
 
 
-def start_stack(data_dir: Path, ray_dir: Path, log: Path) -> Stack:
+def start_stack(data_dir: Path, ray_dir: Path, log: Path, api_key: str | None = None) -> Stack:
+    """Start `cunliang up`; a restart on a used data dir prints no key, so pass it."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUNLIANG_RAY_TEMP_DIR": str(ray_dir)}
     proc = subprocess.Popen(
@@ -77,7 +78,7 @@ def start_stack(data_dir: Path, ray_dir: Path, log: Path) -> Stack:
     lines: list[str] = []
     threading.Thread(target=_pump, args=(proc, lines, log), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT_S
-    key = token = None
+    key, token = api_key, None
     while time.monotonic() < deadline:
         text = "\n".join(lines)
         key = key or _find(r"API key:\s+(sk-cl-\S+)", text)

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from scheduler.preflight import free_port
-from tests.e2e.conftest import Stack, stop_stack, up_command
+from tests.e2e.conftest import Stack, start_stack, stop_stack, up_command
 
 pytestmark = pytest.mark.engine
 
@@ -158,3 +158,22 @@ def test_ctrl_c_shuts_down_without_orphans(stack: Stack) -> None:
             break
         time.sleep(1)
     assert orphans == [], orphans
+
+
+def test_restart_on_the_same_data_dir_serves_with_the_same_key(stack: Stack) -> None:
+    """After the stop above: the model and probes come from the cache, the tenant and its
+    key from the inventory, and the machine is reprofiled rather than registered twice."""
+    assert stack.proc.poll() is not None, "runs after the Ctrl-C test"
+    again = start_stack(
+        stack.data_dir, stack.ray_dir, stack.data_dir.parent / "up-again.log", stack.api_key
+    )
+    try:
+        text = "\n".join(again.lines)
+        assert "registered already" in text and "(cached)" in text
+        assert "API key: tenant 'default' exists" in text
+        resp = _client(again).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=3
+        )
+        assert resp.usage is not None and resp.usage.completion_tokens == 3
+    finally:
+        assert stop_stack(again) == 0
