@@ -241,6 +241,9 @@ def _efficiency(
     # per running sequence per step (scheduling, sampling, per-sequence kernels in eager
     # mode): 0 by default, fitted from profiles where it shows (CPU engines)
     eff["seq_overhead_s"] = 0.0
+    # per transformer layer per forward pass (eager-mode dispatch of each layer's ops: what
+    # dominates tiny models on CPUs); 0 by default, fitted from profiles where it shows
+    eff["layer_overhead_s"] = 0.0
     eff.update(overrides)
     return eff
 
@@ -348,6 +351,7 @@ def _timings(
     p = wl.prompt_tokens
     pf_flops = (2 * params * p + 2 * attn_dims * p * p) / tp
     prefill_s = max(pf_flops / peak, w_read / bandwidth) + _allreduce_s(arch, quant, spec, tp, p)
+    overhead += arch.layers * eff.get("layer_overhead_s", 0.0)
     prefill_s += overhead
     # one decode step at the mean context (prompt + half the output)
     b = wl.batch
@@ -459,7 +463,8 @@ def batch_prefill_s(
     attn_dims = arch.layers * arch.heads * arch.head_dim
     flops = prompts * (2 * arch.params_b * 1e9 * p + 2 * attn_dims * p * p) / tp
     w_read = _decode_read_bytes(arch, quant) / tp
-    return max(flops / peak, w_read / bandwidth) + eff["step_overhead_s"]
+    overhead = eff["step_overhead_s"] + arch.layers * eff.get("layer_overhead_s", 0.0)
+    return max(flops / peak, w_read / bandwidth) + overhead
 
 
 # bounds of fitted factors: efficiencies may exceed 1 when caches beat DRAM on tiny models
@@ -468,8 +473,9 @@ _FIT_BOUNDS = {
     "prefill": (0.01, 5.0),
     "step_overhead_s": (1e-6, 0.5),
     "seq_overhead_s": (1e-8, 0.05),
+    "layer_overhead_s": (1e-8, 0.05),
 }
-_FIT_KEYS = ("decode", "prefill", "step_overhead_s", "seq_overhead_s")
+_FIT_KEYS = ("decode", "prefill", "step_overhead_s", "seq_overhead_s", "layer_overhead_s")
 
 
 def fit_efficiency(
@@ -484,8 +490,8 @@ def fit_efficiency(
     predicted decode-step rate ``batch / step`` against each point's decode tokens/s,
     plus, weighted by ``prefill_weight``, the batch prefill rate where measured. Fits
     ``decode`` (fraction of bandwidth), ``prefill`` (fraction of peak FLOPs, used by
-    compute-bound steps too), ``step_overhead_s`` and ``seq_overhead_s`` (per running
-    sequence per step); ``keys`` picks which (the rest keep their defaults). Empty when
+    compute-bound steps too), ``step_overhead_s``, ``seq_overhead_s`` (per running
+    sequence per step) and ``layer_overhead_s`` (per layer per forward pass); ``keys`` picks which (the rest keep their defaults). Empty when
     there are no points.
     """
     import numpy as np

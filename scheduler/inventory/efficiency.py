@@ -28,7 +28,7 @@ from scheduler.perf import MeasuredPoint, Workload, fit_efficiency, weight_bytes
 # FLOP efficiencies fitted on them (often > 1) would promise real models far more than
 # DRAM delivers. Such profiles fit only the overhead terms; the rest keep the defaults.
 CACHE_RESIDENT_WEIGHT_BYTES = 2 * 2**30
-OVERHEAD_KEYS: tuple[str, ...] = ("step_overhead_s", "seq_overhead_s")
+OVERHEAD_KEYS: tuple[str, ...] = ("step_overhead_s", "seq_overhead_s", "layer_overhead_s")
 ALL_KEYS: tuple[str, ...] = ("decode", "prefill", *OVERHEAD_KEYS)
 
 _DTYPE_QUANT = {"float32": Quant.FP32, "bfloat16": Quant.BF16, "float16": Quant.FP16}

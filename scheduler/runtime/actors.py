@@ -71,9 +71,12 @@ def llamacpp_args(
         max_model_len=min(settings.max_model_len, spec.arch.max_model_len),
     )
     timeout_s = settings.engine_start_timeout_s
+    env = settings.engine_base_env()
     return (replica_id, config, Path(settings.data_dir) / "logs"), {
-        "env": settings.engine_base_env(),
+        "env": env,
         "start_timeout_s": timeout_s,
         "metadata": replica_to_info(replica),
-        "engine_factory": lambda cfg, log: LlamaCppServer(cfg, log, start_timeout_s=timeout_s),
+        "engine_factory": lambda cfg, log: LlamaCppServer(
+            cfg, log, env=env, start_timeout_s=timeout_s
+        ),
     }

@@ -6,6 +6,7 @@ install hint, not hang until the start timeout."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_refuses_weights_that_are_not_gguf() -> None:
 
 @pytest.mark.skipif(available(), reason="llama-cpp-python is installed here")
 def test_missing_package_fails_fast_with_the_log_and_the_hint(tmp_path: Path) -> None:
-    server = LlamaCppServer(_cfg(), tmp_path / "engine.log", start_timeout_s=60)
+    server = LlamaCppServer(_cfg(), tmp_path / "engine.log", env=os.environ, start_timeout_s=60)
     started = time.monotonic()
     with pytest.raises(EngineError) as err:
         server.start()

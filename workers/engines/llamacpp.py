@@ -15,10 +15,7 @@ builds set ``CMAKE_ARGS="-DGGML_CUDA=on"``). llama-cpp-python's server has no
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,15 +25,7 @@ import httpx
 
 from scheduler.domain import DeviceKind
 from scheduler.errors import EngineError
-from workers.engines.vllm_server import free_port
-from workers.proc import (
-    group_members,
-    kill_group,
-    supervised,
-    tail,
-    terminate_with_parent,
-    with_workers_path,
-)
+from workers.engines.supervised import HealthCheck, SupervisedServer
 
 INSTALL_HINT = "pip install 'cunliang[llamacpp]' (compiles llama.cpp; a few minutes)"
 
@@ -102,108 +91,39 @@ def models_health(base_url: str) -> bool:
         return False
 
 
-class LlamaCppServer:
+class LlamaCppServer(SupervisedServer):
     """A llama.cpp server process group owned by this object (implements ``Engine``)."""
+
+    label = "llama.cpp server"
+    stop_grace_s = 5.0
 
     def __init__(
         self,
         config: LlamaCppConfig,
         log_path: Path,
         *,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str],
         start_timeout_s: float = 300.0,
-        health_check: Callable[[str], bool] = models_health,
+        health_check: HealthCheck = models_health,
         python: str = sys.executable,
     ) -> None:
-        self.config = config
-        self.log_path = Path(log_path)
-        self._env = dict(env if env is not None else os.environ)
-        self._start_timeout_s = start_timeout_s
-        self._health_check = health_check
-        self._python = python
-        self._port = config.port
-        self._pgid: int | None = None
-        self._started_at: float | None = None
-        self._stopped = False
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.config.host}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._pgid
-
-    def command(self) -> list[str]:
-        self._port = self._port or free_port(self.config.host)
-        return llamacpp_command(replace(self.config, port=self._port), self._python)
-
-    def start(self) -> str:
-        if self._pgid is not None:
-            raise EngineError("engine already started", fix="stop() it before starting again")
-        argv = self.command()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            launcher = subprocess.Popen(
-                supervised(argv, grace_s=5.0, detach=True),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=with_workers_path(llamacpp_env(self.config, self._env)),
-                start_new_session=True,
-                preexec_fn=terminate_with_parent,
-            )
-        self._pgid = launcher.pid
-        launcher.wait()  # exits at once, leaving the detached supervisor in its group
-        self._started_at = time.monotonic()
-        self._wait_healthy()
-        return self.base_url
-
-    def _alive(self) -> bool:
-        return self._pgid is not None and bool(group_members(self._pgid))
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self._start_timeout_s
-        while time.monotonic() < deadline:
-            if not self._alive():
-                self.stop()
-                raise EngineError(
-                    "llama.cpp server exited while starting; log tail:\n"
-                    + tail(self.log_path, 2000),
-                    fix=f"read {self.log_path}; is the extra installed? {INSTALL_HINT}",
-                )
-            if self._health_check(self.base_url):
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise EngineError(
-            f"llama.cpp server not healthy after {self._start_timeout_s:.0f} s",
-            fix=f"read {self.log_path}",
+        super().__init__(
+            config.host,
+            config.port,
+            config.served_model_name,
+            log_path,
+            env=env,
+            start_timeout_s=start_timeout_s,
+            health_check=health_check,
+            python=python,
         )
+        self.config = config
 
-    def ready(self) -> bool:
-        return self._alive() and self._health_check(self.base_url)
+    def _argv(self, port: int, python: str) -> list[str]:
+        return llamacpp_command(replace(self.config, port=port), python)
 
-    def health(self) -> dict[str, Any]:
-        if self._stopped:
-            state = "stopped"
-        elif self._pgid is None:
-            state = "not started"
-        elif not self._alive():
-            state = "exited"
-        else:
-            state = "ready" if self._health_check(self.base_url) else "unhealthy"
-        return {
-            "state": state,
-            "pid": self.pid,
-            "base_url": self.base_url,
-            "model": self.config.served_model_name,
-            "uptime_s": time.monotonic() - self._started_at if self._started_at else 0.0,
-            "log": str(self.log_path),
-        }
+    def _env_for(self, base: Mapping[str, str]) -> dict[str, str]:
+        return llamacpp_env(self.config, base)
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        if self._pgid is None or self._stopped:
-            return
-        self._stopped = True
-        kill_group(self._pgid, grace_s=grace_s)
+    def _start_fix(self) -> str:
+        return f"read {self.log_path}; is the extra installed? {INSTALL_HINT}"

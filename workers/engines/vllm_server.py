@@ -10,27 +10,15 @@ and kills the whole group on ``stop``.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from scheduler.domain import DeviceKind, Quant
-from scheduler.errors import EngineError
-from workers.proc import (
-    group_members,
-    kill_group,
-    supervised,
-    tail,
-    terminate_with_parent,
-    with_workers_path,
-)
+from workers.engines.supervised import HealthCheck, SupervisedServer
 
 # vLLM's --quantization names per cunliang weight format; None = the checkpoint decides
 _QUANT_ARG: dict[Quant, str | None] = {
@@ -130,17 +118,6 @@ def vllm_env(config: VllmConfig, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (the OS picks it; tiny race until the server binds)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-HealthCheck = Callable[[str], bool]
-
-
 def http_health(base_url: str) -> bool:
     """GET {base_url}/health answers 200."""
     try:
@@ -149,12 +126,15 @@ def http_health(base_url: str) -> bool:
         return False
 
 
-class VllmServer:
+class VllmServer(SupervisedServer):
     """A vLLM OpenAI server process group owned by this object (implements ``Engine``).
 
     The server runs under a detached :mod:`workers.supervise`, so it and vLLM's helpers
     end when this process ends, however it ends. The group id (``pid``) identifies it.
     """
+
+    label = "vLLM server"
+    stop_grace_s = 10.0
 
     def __init__(
         self,
@@ -166,105 +146,20 @@ class VllmServer:
         health_check: HealthCheck = http_health,
         python: str = sys.executable,
     ) -> None:
-        self.config = config
-        self.log_path = Path(log_path)
-        self._env = dict(env)
-        self._start_timeout_s = start_timeout_s
-        self._health_check = health_check
-        self._python = python
-        self._port = config.port
-        self._pgid: int | None = None
-        self._started_at: float | None = None
-        self._stopped = False
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.config.host}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process group id of the engine (the supervisor's launcher pid)."""
-        return self._pgid
-
-    def command(self) -> list[str]:
-        port = self._port or free_port(self.config.host)
-        self._port = port
-        return vllm_command(_with_port(self.config, port), self._python)
-
-    def start(self) -> str:
-        if self._pgid is not None:
-            raise EngineError("engine already started", fix="stop() it before starting again")
-        argv = self.command()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            launcher = subprocess.Popen(
-                supervised(argv, grace_s=10.0, detach=True),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=with_workers_path(vllm_env(self.config, self._env)),
-                start_new_session=True,  # own group: stop() kills engine core and workers too
-                preexec_fn=terminate_with_parent,
-            )
-        self._pgid = launcher.pid
-        launcher.wait()  # exits at once, leaving the detached supervisor in its group
-        self._started_at = time.monotonic()
-        self._wait_healthy()
-        return self.base_url
-
-    def _alive(self) -> bool:
-        return self._pgid is not None and bool(group_members(self._pgid))
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self._start_timeout_s
-        while time.monotonic() < deadline:
-            if not self._alive():
-                self.stop()
-                raise EngineError(
-                    "vLLM server exited while starting; log tail:\n" + tail(self.log_path, 2000),
-                    fix=f"read {self.log_path}",
-                )
-            if self._health_check(self.base_url):
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise EngineError(
-            f"vLLM server not healthy after {self._start_timeout_s:.0f} s; log tail:\n"
-            + tail(self.log_path, 2000),
-            fix="raise engine_start_timeout_s or check the log",
+        super().__init__(
+            config.host,
+            config.port,
+            config.served_model_name,
+            log_path,
+            env=env,
+            start_timeout_s=start_timeout_s,
+            health_check=health_check,
+            python=python,
         )
+        self.config = config
 
-    def ready(self) -> bool:
-        return self._alive() and self._health_check(self.base_url)
+    def _argv(self, port: int, python: str) -> list[str]:
+        return vllm_command(replace(self.config, port=port), python)
 
-    def health(self) -> dict[str, Any]:
-        if self._stopped:
-            state = "stopped"
-        elif self._pgid is None:
-            state = "not started"
-        elif not self._alive():
-            state = "exited"
-        else:
-            state = "ready" if self._health_check(self.base_url) else "unhealthy"
-        return {
-            "state": state,
-            "pid": self.pid,
-            "base_url": self.base_url,
-            "model": self.config.served_model_name,
-            "uptime_s": time.monotonic() - self._started_at if self._started_at else 0.0,
-            "log": str(self.log_path),
-        }
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        if self._pgid is None or self._stopped:
-            return
-        self._stopped = True
-        kill_group(self._pgid, grace_s=grace_s)
-
-    def group_members(self) -> list[int]:
-        """Live processes of the engine's group (empty once stopped)."""
-        return group_members(self._pgid) if self._pgid is not None else []
-
-
-def _with_port(config: VllmConfig, port: int) -> VllmConfig:
-    return replace(config, port=port)
+    def _env_for(self, base: Mapping[str, str]) -> dict[str, str]:
+        return vllm_env(self.config, base)
