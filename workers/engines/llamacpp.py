@@ -18,14 +18,13 @@ import importlib.util
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from scheduler.domain import DeviceKind
 from scheduler.errors import EngineError
-from workers.engines.supervised import HealthCheck, SupervisedServer
+from workers.engines.supervised import SupervisedServer
 
 INSTALL_HINT = "pip install 'cunliang[llamacpp]' (compiles llama.cpp; a few minutes)"
 
@@ -91,33 +90,14 @@ def models_health(base_url: str) -> bool:
         return False
 
 
-class LlamaCppServer(SupervisedServer):
+class LlamaCppServer(SupervisedServer[LlamaCppConfig]):
     """A llama.cpp server process group owned by this object (implements ``Engine``)."""
 
     label = "llama.cpp server"
     stop_grace_s = 5.0
 
-    def __init__(
-        self,
-        config: LlamaCppConfig,
-        log_path: Path,
-        *,
-        env: Mapping[str, str],
-        start_timeout_s: float = 300.0,
-        health_check: HealthCheck = models_health,
-        python: str = sys.executable,
-    ) -> None:
-        super().__init__(
-            config.host,
-            config.port,
-            config.served_model_name,
-            log_path,
-            env=env,
-            start_timeout_s=start_timeout_s,
-            health_check=health_check,
-            python=python,
-        )
-        self.config = config
+    default_start_timeout_s = 300.0
+    default_health_check = staticmethod(models_health)
 
     def _argv(self, port: int, python: str) -> list[str]:
         return llamacpp_command(replace(self.config, port=port), python)

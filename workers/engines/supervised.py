@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from scheduler.errors import EngineError
 from scheduler.preflight import free_port
@@ -30,31 +30,51 @@ from workers.proc import (
 HealthCheck = Callable[[str], bool]
 
 
-class SupervisedServer:
+class ServerConfig(Protocol):
+    """What the shared lifecycle needs of a server's configuration."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def served_model_name(self) -> str: ...
+
+
+C = TypeVar("C", bound=ServerConfig)
+
+
+class SupervisedServer(Generic[C]):
     """Base of the engine servers; subclasses provide ``label``, ``_argv`` and ``_env_for``."""
 
     label = "engine server"
     stop_grace_s = 10.0
+    default_start_timeout_s = 600.0
+
+    @staticmethod
+    def default_health_check(base_url: str) -> bool:
+        raise NotImplementedError
 
     def __init__(
         self,
-        host: str,
-        port: int,
-        served_model_name: str,
+        config: C,
         log_path: Path,
         *,
         env: Mapping[str, str],
-        start_timeout_s: float,
-        health_check: HealthCheck,
+        start_timeout_s: float | None = None,
+        health_check: HealthCheck | None = None,
         python: str = sys.executable,
     ) -> None:
+        self.config = config
         self.log_path = Path(log_path)
-        self._host = host
-        self._port = port
-        self._served_model_name = served_model_name
+        self._host = config.host
+        self._port = config.port
+        self._served_model_name = config.served_model_name
         self._env = dict(env)
-        self._start_timeout_s = start_timeout_s
-        self._health_check = health_check
+        self._start_timeout_s = start_timeout_s or self.default_start_timeout_s
+        self._health_check = health_check or type(self).default_health_check
         self._python = python
         self._pgid: int | None = None
         self._started_at: float | None = None

@@ -13,12 +13,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import httpx
 
 from scheduler.domain import DeviceKind, Quant
-from workers.engines.supervised import HealthCheck, SupervisedServer
+from workers.engines.supervised import SupervisedServer
 
 # vLLM's --quantization names per cunliang weight format; None = the checkpoint decides
 _QUANT_ARG: dict[Quant, str | None] = {
@@ -126,7 +125,7 @@ def http_health(base_url: str) -> bool:
         return False
 
 
-class VllmServer(SupervisedServer):
+class VllmServer(SupervisedServer[VllmConfig]):
     """A vLLM OpenAI server process group owned by this object (implements ``Engine``).
 
     The server runs under a detached :mod:`workers.supervise`, so it and vLLM's helpers
@@ -136,27 +135,8 @@ class VllmServer(SupervisedServer):
     label = "vLLM server"
     stop_grace_s = 10.0
 
-    def __init__(
-        self,
-        config: VllmConfig,
-        log_path: Path,
-        *,
-        env: Mapping[str, str],
-        start_timeout_s: float = 600.0,
-        health_check: HealthCheck = http_health,
-        python: str = sys.executable,
-    ) -> None:
-        super().__init__(
-            config.host,
-            config.port,
-            config.served_model_name,
-            log_path,
-            env=env,
-            start_timeout_s=start_timeout_s,
-            health_check=health_check,
-            python=python,
-        )
-        self.config = config
+    default_start_timeout_s = 600.0
+    default_health_check = staticmethod(http_health)
 
     def _argv(self, port: int, python: str) -> list[str]:
         return vllm_command(replace(self.config, port=port), python)
