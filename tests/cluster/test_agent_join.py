@@ -15,16 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fastapi import FastAPI
 
-from scheduler.api.errors import install_error_handlers
-from scheduler.inventory.router import inventory_router
-from scheduler.inventory.schemas import SiteIn
 from scheduler.inventory.service import InventoryService
 from scheduler.runtime.ray_backend import ray_nodes
-from scheduler.store.db import open_database, upgrade
 from tests.cluster.conftest import RayCluster
-from tests.fakes.servers import serve_in_thread
+from tests.inventory.served import served_inventory
 
 TOKEN = "adm-cl-agent-join-test"
 HOST = "joined-1"
@@ -32,17 +27,8 @@ HOST = "joined-1"
 
 @pytest.fixture
 def inventory(tmp_path: Path) -> Iterator[tuple[str, InventoryService]]:
-    url = f"sqlite:///{tmp_path / 'inv.db'}"
-    upgrade(url)
-    db = open_database(url)
-    service = InventoryService(db)
-    service.add_site(SiteIn(name="lab", region="t", tariff_yuan_per_kwh=0.6, pue=1.4), actor="t")
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(inventory_router(service, TOKEN))
-    with serve_in_thread(app) as base:
-        yield base, service
-    db.dispose()
+    with served_inventory(tmp_path, TOKEN) as served:
+        yield served
 
 
 def _spawned_ray_processes(temp_dir: str) -> list[psutil.Process]:

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from scheduler.api.errors import install_error_handlers
 from scheduler.errors import CunliangError
-from scheduler.inventory.router import inventory_router
-from scheduler.inventory.schemas import SiteIn
 from scheduler.inventory.service import InventoryService
 from scheduler.runtime.join import (
     InventoryApi,
@@ -24,8 +20,7 @@ from scheduler.runtime.join import (
     node_id_from_rows,
     ray_start_argv,
 )
-from scheduler.store.db import open_database, upgrade
-from tests.fakes.servers import serve_in_thread
+from tests.inventory.served import served_inventory
 
 TOKEN = "adm-cl-join-test"
 CPU = LocalDevice(
@@ -67,17 +62,8 @@ def test_node_id_is_the_live_node_with_the_host_resource() -> None:
 
 @pytest.fixture
 def inventory_url(tmp_path: Path) -> Iterator[tuple[str, InventoryService]]:
-    url = f"sqlite:///{tmp_path / 'inv.db'}"
-    upgrade(url)
-    db = open_database(url)
-    service = InventoryService(db)
-    service.add_site(SiteIn(name="lab", region="t", tariff_yuan_per_kwh=0.6, pue=1.4), actor="t")
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(inventory_router(service, TOKEN))
-    with serve_in_thread(app) as base:
-        yield base, service
-    db.dispose()
+    with served_inventory(tmp_path, TOKEN) as served:
+        yield served
 
 
 class Runner:
