@@ -77,7 +77,6 @@ class Console:
 @dataclass
 class _Local:
     host: str
-    device_class_id: str
     model_dir: Path
     model_name: str
     dtype: str
@@ -192,7 +191,7 @@ class _EmbeddedStack:
                 f"({figures.get('tokens_per_yuan', 0):,.0f} tokens/yuan, "
                 f"{figures.get('tokens_per_joule', 0):.1f} tokens/J)"
             )
-        return _Local(host, "", model_dir, model_name, dtype)
+        return _Local(host, model_dir, model_name, dtype)
 
     def _probe(self, model_dir: Path) -> tuple[str, Any]:
         """The agent's quick profile (dtype probes with the real engine, cached)."""
