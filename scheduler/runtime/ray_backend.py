@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,6 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from scheduler.domain import Engine, Quant, Replica
+from scheduler.errors import ConfigError
 from scheduler.runtime.reconciler import Observation, ReplicaState
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,15 @@ def init_ray(
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"no Ray cluster reachable at {address!r} ({str(exc).splitlines()[0]})",
+                fix="start one with `cunliang agent --join` / `ray start --head`, or pass "
+                "--ray-address HOST:PORT of the head's GCS",
+            ) from exc
     else:
         ray.init(
             num_cpus=num_cpus,
@@ -52,6 +62,22 @@ def init_ray(
             include_dashboard=False,
             log_to_driver=False,
         )
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds with one line when ``HOST:PORT`` does not answer (``ray.init``
+    would retry for minutes); "auto" and ``ray://`` addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"no Ray cluster reachable at {address!r} ({exc.strerror or exc})",
+            fix="start one with `cunliang agent --join` / `ray start --head`, or pass "
+            "--ray-address HOST:PORT of the head's GCS",
+        ) from exc
 
 
 def ray_nodes() -> list[dict[str, Any]]:
@@ -159,10 +185,21 @@ class RayLauncher:
                 return Observation(ReplicaState.FAILED, error=_short(exc))
         try:
             health = ray.get(handle.actor.health.remote(), timeout=HEALTH_TIMEOUT_S)
-        except (RayActorError, GetTimeoutError, RayError) as exc:
+        except GetTimeoutError as exc:  # the actor lives but is slow: maybe a busy machine
+            return Observation(
+                ReplicaState.FAILED,
+                error=f"health check timed out: {_short(exc)}",
+                unresponsive=True,
+            )
+        except (RayActorError, RayError) as exc:
             return Observation(ReplicaState.FAILED, error=f"health check failed: {_short(exc)}")
         if not health.get("healthy", False):
-            return Observation(ReplicaState.FAILED, error=str(health.get("error") or "unhealthy"))
+            # "unhealthy": the engine's processes run but /health did not answer in time
+            return Observation(
+                ReplicaState.FAILED,
+                error=str(health.get("error") or "unhealthy"),
+                unresponsive=health.get("state") == "unhealthy",
+            )
         return Observation(ReplicaState.READY, base_url=handle.ready_url)
 
     def stop(self, replica_id: str) -> None:

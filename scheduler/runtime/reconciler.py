@@ -3,7 +3,11 @@
 Each ``tick()``:
 1. expands the Plan into replica ids (``<model>.<quant>.<class>.tp<N>.<n>``);
 2. starts replicas that are desired but absent, honouring exponential backoff after failures;
-3. polls every known replica, records failures as status (never raises) and restarts them;
+3. polls every known replica, records failures as status (never raises) and restarts them.
+   A dead replica (process or actor gone) fails at once; a live one that stops answering
+   its health check keeps serving (the gateway retries elsewhere on a refused connection)
+   and fails only after ``unresponsive_after_s`` of consecutive unanswered checks, so a
+   busy machine's slow answer (two cores, an engine loading next door) restarts nothing;
 4. drains replicas that are no longer desired: a ready one keeps serving while a
    replacement for its model is still starting (make-before-break, so a drain or a move
    never leaves a model without capacity), then stops receiving new requests, waits at
@@ -46,6 +50,9 @@ class Observation:
     state: ReplicaState  # STARTING, READY or FAILED
     base_url: str | None = None
     error: str | None = None
+    # FAILED only: the replica is alive but did not answer (a timeout, an engine that is
+    # up but reports unhealthy). It may recover, so it fails after a grace period.
+    unresponsive: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class ReplicaStatus:
     last_error: str | None = None
     retry_at: float = 0.0  # clock time before which no restart is tried
     since: float = 0.0
+    unresponsive_since: float | None = None  # first of the current run of unanswered checks
 
 
 class ReplicaLauncher(Protocol):
@@ -123,6 +131,7 @@ class Reconciler:
         drain_timeout_s: float = 120.0,
         drain_grace_s: float = 0.0,
         hold_timeout_s: float = 900.0,
+        unresponsive_after_s: float = 20.0,
     ) -> None:
         self._launcher = launcher
         self._sink = sink
@@ -131,6 +140,7 @@ class Reconciler:
         self._drain_timeout_s = drain_timeout_s
         self._drain_grace_s = drain_grace_s
         self._hold_timeout_s = hold_timeout_s
+        self._unresponsive_after_s = unresponsive_after_s
         # {replica_id: clock time since which an undesired ready replica is kept serving}
         self._held: dict[str, float] = {}
         self._desired: dict[str, Replica] = {}
@@ -268,11 +278,24 @@ class Reconciler:
         except Exception as exc:
             obs = Observation(ReplicaState.FAILED, error=f"poll failed: {exc}")
         if obs.state is ReplicaState.FAILED:
-            self._fail(st, obs.error or "replica failed", now)
+            if obs.unresponsive and st.state is ReplicaState.READY:
+                first = st.unresponsive_since if st.unresponsive_since is not None else now
+                if now - first < self._unresponsive_after_s:
+                    if st.unresponsive_since is None:
+                        log.warning("replica %s not answering: %s", rid, obs.error)
+                        self._status[rid] = replace(st, unresponsive_since=now)
+                    return
+                error = f"{obs.error or 'unresponsive'} (for {now - first:.0f} s)"
+                self._fail(replace(st, unresponsive_since=None), error, now)
+                return
+            self._fail(replace(st, unresponsive_since=None), obs.error or "replica failed", now)
         elif obs.state is ReplicaState.READY and st.state is not ReplicaState.READY:
             self._status[rid] = replace(
                 st, state=ReplicaState.READY, base_url=obs.base_url, attempts=0, since=now
             )
+        elif obs.state is ReplicaState.READY and st.unresponsive_since is not None:
+            log.info("replica %s answers again", rid)
+            self._status[rid] = replace(st, unresponsive_since=None)
 
     def _idle(self, rid: str) -> bool:
         try:

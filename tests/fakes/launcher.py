@@ -16,6 +16,7 @@ class FakeLauncher:
         self.started: list[str] = []
         self.stopped: list[str] = []
         self.dead: set[str] = set()  # replicas whose process "died"
+        self.slow: set[str] = set()  # alive but not answering their health check
         self.fail_start: set[str] = set()
 
     def start(self, replica_id: str, replica: Replica) -> None:
@@ -29,6 +30,10 @@ class FakeLauncher:
     def poll(self, replica_id: str) -> Observation:
         if replica_id in self.dead:
             return Observation(ReplicaState.FAILED, error="engine process exited (SIGKILL)")
+        if replica_id in self.slow:
+            return Observation(
+                ReplicaState.FAILED, error="health check timed out", unresponsive=True
+            )
         self._polls[replica_id] = self._polls.get(replica_id, 0) + 1
         if self._polls[replica_id] >= self.polls_to_ready:
             return Observation(ReplicaState.READY, base_url=f"http://127.0.0.1/{replica_id}")

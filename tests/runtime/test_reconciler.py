@@ -172,3 +172,50 @@ def test_dead_replica_that_is_no_longer_wanted_is_not_held() -> None:
     rec.tick()
     assert rec.held() == []
     assert "demo.fp32.a.tp1.0" in launcher.stopped
+
+
+def test_unanswered_health_checks_keep_serving_until_the_grace_period_ends() -> None:
+    clock = Clock()
+    launcher, sink = FakeLauncher(), RecordingSink()
+    rec = Reconciler(launcher, sink, clock=clock, unresponsive_after_s=20.0)
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    (rid,) = launcher.running
+    launcher.slow.add(rid)
+    for _ in range(3):  # a busy machine: slow answers for 19 s restart nothing
+        st = rec.tick()[0]
+        assert st.state is ReplicaState.READY and st.base_url, "still routed while slow"
+        assert st.unresponsive_since == 0.0
+        clock.now += 9.5
+    st = rec.tick()[0]
+    assert st.state is ReplicaState.FAILED and "for 28 s" in (st.last_error or "")
+    assert launcher.stopped == [rid] and st.unresponsive_since is None
+
+
+def test_an_answer_ends_the_unresponsive_run() -> None:
+    clock = Clock()
+    launcher = FakeLauncher()
+    rec = Reconciler(launcher, RecordingSink(), clock=clock, unresponsive_after_s=20.0)
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    (rid,) = launcher.running
+    launcher.slow.add(rid)
+    rec.tick()
+    clock.now += 15
+    launcher.slow.discard(rid)
+    assert rec.tick()[0].unresponsive_since is None
+    launcher.slow.add(rid)
+    clock.now += 15  # 30 s since the first miss, but only just missed again
+    st = rec.tick()[0]
+    assert st.state is ReplicaState.READY and st.unresponsive_since == 30.0
+    assert launcher.stopped == []
+
+
+def test_a_starting_replica_that_stops_answering_fails_at_once() -> None:
+    launcher = FakeLauncher(polls_to_ready=3)
+    rec = Reconciler(launcher, RecordingSink(), unresponsive_after_s=20.0)
+    rec.apply(_plan(_replica()))
+    rec.tick()
+    (rid,) = launcher.running
+    launcher.slow.add(rid)
+    assert rec.tick()[0].state is ReplicaState.FAILED

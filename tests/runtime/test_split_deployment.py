@@ -52,6 +52,16 @@ def test_gateway_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "cunliang db upgrade" in proc.stderr
 
 
+def test_scheduler_without_a_reachable_ray_cluster_is_a_one_line_error(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'cunliang.db'}"
+    _cli(db_url, "db", "upgrade")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = _cli(db_url, "scheduler", "--ray-address", address, "--metrics-port", "0", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"no Ray cluster reachable at '{address}'" in proc.stderr
+
+
 def test_gateway_routes_what_the_scheduler_publishes(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'cunliang.db'}"
     out = _cli(db_url, "db", "upgrade").stdout
