@@ -67,6 +67,8 @@ def solve_milp(
     shapes = sorted({shape_key(c, demands[c.demand_index]) for c in cands} & set(running))
     n_y = len(shapes)
     n = n_x + n_u + n_y
+    if n == 0:  # no demand and nothing to place (an empty inventory): nothing to solve
+        return MilpResult((), True, 0.0, time.perf_counter() - started, "nothing to place")
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []

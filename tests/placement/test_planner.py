@@ -179,6 +179,16 @@ def test_every_strategy_returns_a_plan_on_an_empty_fleet(strategy: Strategy) -> 
     assert result.status is PlanStatus.INFEASIBLE and result.unplaced
 
 
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_nothing_to_place_is_an_empty_optimal_plan(strategy: Strategy) -> None:
+    """A scheduler started on an empty inventory plans every tick: no error, no replicas."""
+    result = plan(Fleet((), ()), [], {}, PlacementPolicy(strategy=strategy))
+    # baselines never claim optimality
+    expected = PlanStatus.OPTIMAL if strategy is Strategy.OPTIMAL else PlanStatus.FEASIBLE
+    assert result.status is expected
+    assert result.replicas == () and result.unplaced == () and result.yuan_per_hour == 0
+
+
 def test_time_of_use_hour_changes_the_price(reference: FleetFile) -> None:
     bands = (TouBand(8, 22, 1.2), TouBand(22, 8, 0.2))
     sites = {s.name: replace(s, tou_bands=bands) for s in reference.fleet.sites}
