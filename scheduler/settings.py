@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     probe_timeout_s: float = 300.0
 
     ray_address: str | None = Field(default=None, description="None = start a local Ray head")
+    # `cunliang scheduler` serves its own /metrics here (0: none); listens on `host`
+    scheduler_metrics_port: int = 9401
     ray_num_cpus: int | None = None
     # short path: Ray puts unix sockets under it (107-byte limit); None = a fresh /tmp dir
     ray_temp_dir: Path | None = None

@@ -34,6 +34,10 @@ def register(sub: Any) -> None:
     sch = sub.add_parser("scheduler", help="run placement and the reconciler on a Ray cluster")
     sch.add_argument("--ray-address", help="Ray cluster address ('auto' inside a Ray pod)")
     sch.add_argument("--replan-interval-s", type=float, default=15.0)
+    sch.add_argument(
+        "--metrics-port", type=int, help="port of the scheduler's /metrics (default 9401; 0: off)"
+    )
+    sch.add_argument("--metrics-host", help="listen address of /metrics (default: --host's)")
     sch.set_defaults(func=_scheduler)
 
 
@@ -130,10 +134,18 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     table (lost hosts: inventory health failures, then quarantine) and the controller
     replans at once when a host is lost; otherwise every ``--replan-interval-s``.
     """
+    from prometheus_client import start_http_server
+
     from scheduler.inventory.periodic import AssessmentLoop
     from scheduler.inventory.service import InventoryService
     from scheduler.inventory.usage import SqlUsageSource
+    from scheduler.observability.scheduler_metrics import (
+        ControlStats,
+        SchedulerCollector,
+        scheduler_registry,
+    )
     from scheduler.placement import plan
+    from scheduler.preflight import check_port_free
     from scheduler.runtime.actors import vllm_actor_args
     from scheduler.runtime.controller import Controller
     from scheduler.runtime.liveness import InventoryHealth, NodeWatcher
@@ -143,6 +155,12 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop
     from workers.actor import ReplicaActor
 
+    metrics_port = (
+        settings.scheduler_metrics_port if args.metrics_port is None else args.metrics_port
+    )
+    metrics_host = args.metrics_host or settings.host
+    if metrics_port:
+        check_port_free(metrics_host, metrics_port)
     database = _open_migrated(settings)
     init_ray(args.ray_address or settings.ray_address or "auto")
     inventory = InventoryService(database, usage=SqlUsageSource(database))
@@ -172,36 +190,48 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
         lost_hosts=watcher.lost,
     )
     holder["c"] = controller
+    stats = ControlStats()
+    if metrics_port:
+        collector = SchedulerCollector(
+            reconciler.statuses, lambda: controller.plan, watcher.lost, stats
+        )
+        start_http_server(metrics_port, metrics_host, registry=scheduler_registry(collector))
     loop = ReconcilerLoop(reconciler, interval_s=1.0)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     adopted = len(reconciler.statuses())
+    served = f"; /metrics on {metrics_host}:{metrics_port}" if metrics_port else ""
     print(
         f"cunliang scheduler: running, {adopted} replica(s) adopted "
-        "(replicas survive a scheduler restart)",
+        f"(replicas survive a scheduler restart){served}",
         flush=True,
     )
     loop.start()
     assessment.start()
-    _control_loop(stop, watcher, controller, args.replan_interval_s)
+    _control_loop(stop, watcher, controller, args.replan_interval_s, stats)
     assessment.stop()
     loop.stop()
     database.dispose()
     return 0
 
 
-def _control_loop(stop: threading.Event, watcher: Any, controller: Any, replan_s: float) -> None:
+def _control_loop(
+    stop: threading.Event, watcher: Any, controller: Any, replan_s: float, stats: Any
+) -> None:
     """Watch nodes every second; replan when the lost set changes or every ``replan_s``."""
     lost: frozenset[str] | None = None
     last_plan = 0.0
     while True:
         try:
             now_lost = watcher.tick()
+            replanned = False
             if now_lost != lost or time.monotonic() - last_plan >= replan_s:
-                controller.tick()
+                replanned = controller.tick() is not None
                 lost, last_plan = now_lost, time.monotonic()
+            stats.tick(ok=True, replanned=replanned)
         except Exception as exc:  # the scheduler outlives a bad tick (DB or Ray hiccup)
+            stats.tick(ok=False, replanned=False)
             print(f"cunliang scheduler: control tick failed: {exc}", file=sys.stderr, flush=True)
         if stop.wait(1.0):
             return

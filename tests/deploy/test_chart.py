@@ -374,6 +374,11 @@ def test_monitors_scrape_gateway_and_ray_pods(fleet: list[dict[str, Any]]) -> No
     for group in ray["spec"]["workerGroupSpecs"]:
         ports = group["template"]["spec"]["containers"][0]["ports"]
         assert {"name": "metrics", "containerPort": 8080} in ports
+    # the scheduler sidecar's own /metrics, reachable from Prometheus
+    assert [e["port"] for e in pods["spec"]["podMetricsEndpoints"]] == ["metrics", "sched-metrics"]
+    _head, scheduler = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {"name": "sched-metrics", "containerPort": 9401} in scheduler["ports"]
+    assert "--metrics-host 0.0.0.0 --metrics-port 9401" in " ".join(scheduler["args"])
 
 
 def test_notes_tell_how_to_reach_it_and_get_the_first_key() -> None:

@@ -6,6 +6,7 @@ import threading
 import time
 
 from scheduler.cli.serve import _control_loop
+from scheduler.observability.scheduler_metrics import ControlStats
 
 
 class Watcher:
@@ -27,16 +28,18 @@ class Controller:
         self.watcher = watcher
         self.ticks: list[int] = []
 
-    def tick(self) -> None:
+    def tick(self) -> object:
         self.ticks.append(self.watcher.ticks)
+        return object()  # a new plan
 
 
 def test_replans_at_start_on_a_lost_host_and_survives_a_bad_tick() -> None:
     watcher = Watcher()
     controller = Controller(watcher)
     stop = threading.Event()
+    stats = ControlStats()
     thread = threading.Thread(
-        target=_control_loop, args=(stop, watcher, controller, 3600.0), daemon=True
+        target=_control_loop, args=(stop, watcher, controller, 3600.0, stats), daemon=True
     )
     thread.start()
     deadline = time.monotonic() + 10
@@ -47,3 +50,4 @@ def test_replans_at_start_on_a_lost_host_and_survives_a_bad_tick() -> None:
     assert not thread.is_alive()
     # first tick (nothing known yet) and the tick that saw gpu-1 lost; not the others
     assert controller.ticks == [1, 3]
+    assert stats.errors == 1 and stats.ok == watcher.ticks - 1 and stats.replans == 2
