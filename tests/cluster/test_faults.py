@@ -12,18 +12,22 @@ tested here. The tests run in file order and share the cluster:
 2. a scheduler restart adopts the running replicas (no duplicate actors, same engines);
 3. a whole Ray node lost -> inventory marks it unhealthy, then quarantined; its replica
    re-placed on the remaining class within 30 s;
-4. a node drained under a stream of concurrent requests -> replacement started first,
-   the drained replica stopped after; no request fails; every request has a usage record.
+4. `cunliang node drain` (the real CLI, on the inventory database) under a stream of
+   concurrent requests -> the inventory marks the node's devices draining, the controller's
+   snapshot drops it, the replacement starts first and the drained replica stops after; no
+   request fails; every request has a usage record.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -108,13 +112,18 @@ def _replica(class_id: str, host: str) -> Replica:
 
 @dataclass
 class World:
-    """What the inventory snapshot would say: hosts drained by the operator drop out."""
+    """The controller's snapshot: the test's device classes, minus the hosts the real
+    inventory says are draining (``cunliang node drain``)."""
 
     spec: ModelSpec
-    drained: set[str] = field(default_factory=set)
+    inventory: Any = None
+
+    def drained(self) -> set[str]:
+        return {n.host for n in self.inventory.list_nodes() if n.states.get("draining")}
 
     def snapshot(self) -> tuple[Fleet, tuple[Demand, ...], dict[str, ModelSpec]]:
-        return _fleet([h for h in WORKERS if h not in self.drained]), (), {MODEL: self.spec}
+        drained = self.drained()
+        return _fleet([h for h in WORKERS if h not in drained]), (), {MODEL: self.spec}
 
 
 @dataclass
@@ -130,6 +139,7 @@ class Stack:
     usage_sessions: Any
     launcher_factory: Callable[[], Any]
     stop_ticker: threading.Event
+    db_url: str
 
     def by_host(self) -> dict[str, list[ReplicaStatus]]:
         out: dict[str, list[ReplicaStatus]] = {}
@@ -167,7 +177,7 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     from scheduler.catalog import arch_from_hf_config
     from scheduler.gateway.app import create_app
     from scheduler.gateway.replicas import ReplicaTable
-    from scheduler.inventory.schemas import DeviceIn, NodeIn, SiteIn
+    from scheduler.inventory.schemas import DeviceIn, NodeIn, ProfileIn, SiteIn
     from scheduler.inventory.service import InventoryService
     from scheduler.runtime.actors import vllm_actor_args
     from scheduler.runtime.controller import Controller
@@ -212,6 +222,13 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
             ),
             actor="test",
         )
+        # a profile takes the node off "registered" (probation), so it can be drained
+        inventory.add_profile(
+            host,
+            ProfileIn(reference_model=MODEL, output_tokens_per_s=50.0, watts=150.0),
+            actor="test",
+        )
+    world.inventory = inventory
 
     def launcher() -> RayLauncher:
         return RayLauncher(
@@ -262,6 +279,7 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
             usage_sessions,
             launcher,
             stop,
+            db_url,
         )
         try:
             yield s
@@ -472,7 +490,13 @@ def test_drain_moves_replicas_first_and_loses_no_request(stack: Stack) -> None:
     (drained,) = stack.by_host()["node-a"]
     with Traffic(stack, clients=2, stream=True) as traffic:
         time.sleep(3)
-        stack.world.drained.add("node-a")
+        drain = subprocess.run(
+            [sys.executable, "-m", "scheduler.cli.main", "--database-url", stack.db_url,
+             "node", "drain", "node-a", "--reason", "hardware maintenance"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert drain.returncode == 0, drain.stderr
+        assert "node node-a: 1 device(s) -> draining" in drain.stdout
         wait_for(
             "the drained replica held while its replacement starts",
             lambda: drained.id in stack.reconciler.held(),
@@ -488,4 +512,6 @@ def test_drain_moves_replicas_first_and_loses_no_request(stack: Stack) -> None:
     assert traffic.ok > 0
     wait_for("usage of every request", lambda: usage_count(stack) - before >= traffic.ok, 15)
     assert usage_count(stack, status=502) == cut_before, "no stream cut by the drain"
+    (audit,) = [a for a in stack.inventory.get_node("node-a").audit if a.to_state == "draining"]
+    assert audit.reason == "hardware maintenance"
     print(f"drain: {traffic.ok} streamed requests, none failed")
