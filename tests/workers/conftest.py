@@ -18,3 +18,12 @@ def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_model(demo_data_dir: Path) -> Path:
     return ensure_demo_model(demo_data_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_q4_gguf(demo_model: Path) -> Path:
+    """The demo model as GGUF Q4_K_M (converted + quantised once per session, ~3 s)."""
+    from scheduler.domain import Quant
+    from workers.gguf_convert import make_gguf
+
+    return make_gguf(demo_model, Quant.GGUF_Q4_K_M)
