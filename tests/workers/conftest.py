@@ -27,3 +27,17 @@ def demo_q4_gguf(demo_model: Path) -> Path:
     from workers.gguf_convert import make_gguf
 
     return make_gguf(demo_model, Quant.GGUF_Q4_K_M)
+
+
+@pytest.fixture(scope="session")
+def exact_length_bias(demo_model: Path) -> dict[str, int]:
+    """``logit_bias`` that makes every demo-model reply exactly ``max_tokens`` long on any
+    CPU: bans the end-of-sequence tokens and the lone UTF-8 byte tokens that make
+    llama-cpp-python overrun ``max_tokens`` (see ``partial_utf8_token_ids``)."""
+    from transformers import AutoTokenizer
+
+    from workers.demo_model import BOS, EOS, IM_END, partial_utf8_token_ids
+
+    tok = AutoTokenizer.from_pretrained(str(demo_model))
+    stops = [int(tok.convert_tokens_to_ids(t)) for t in (BOS, EOS, IM_END)]
+    return {str(i): -100 for i in stops + partial_utf8_token_ids(demo_model)}

@@ -105,7 +105,7 @@ def test_actor_serves_the_int8_variant_it_made_and_dies_with_its_engine(
         reply = OpenAI(base_url=f"{base_url}/v1", api_key="unused").completions.create(
             model="demo", prompt="Old servers", max_tokens=4, temperature=0
         )
-        assert reply.usage is not None and reply.usage.completion_tokens == 4
+        assert reply.usage is not None and 1 <= reply.usage.completion_tokens <= 4
         log = Path(info["log"]).read_text()
         assert f"model='{demo_model.parent / 'cunliang-demo-w8a8'}'" in log
         assert "quantization=compressed-tensors" in log

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from scheduler.domain import DeviceKind, Engine, Quant, Replica
 from scheduler.errors import EngineError, NotFound
@@ -90,7 +91,7 @@ def test_missing_package_fails_fast_with_the_log_and_the_hint(
 
 
 def test_serves_the_q4_gguf_chat_and_stream_and_stops_without_orphans(
-    demo_q4_gguf: Path, tmp_path: Path
+    demo_q4_gguf: Path, exact_length_bias: dict[str, int], tmp_path: Path
 ) -> None:
     assert available()
     config = LlamaCppConfig(
@@ -103,12 +104,15 @@ def test_serves_the_q4_gguf_chat_and_stream_and_stops_without_orphans(
         assert server.health()["state"] == "ready"
         client = OpenAI(base_url=f"{base_url}/v1", api_key="unused")
         assert [m.id for m in client.models.list().data] == ["demo"]
-        messages = [{"role": "user", "content": "Say hello to the data centre."}]
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "user", "content": "Say hello to the data centre."}
+        ]
         reply = client.chat.completions.create(
             model="demo",
             messages=messages,
             max_tokens=8,
-            temperature=0,  # type: ignore[arg-type]
+            temperature=0,
+            logit_bias=exact_length_bias,
         )
         usage = reply.usage
         assert usage is not None and usage.completion_tokens == 8
@@ -117,9 +121,10 @@ def test_serves_the_q4_gguf_chat_and_stream_and_stops_without_orphans(
         assert reply.choices[0].finish_reason == "length"
         stream = client.chat.completions.create(
             model="demo",
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             max_tokens=8,
             temperature=0,
+            logit_bias=exact_length_bias,
             stream=True,
         )
         chunks = list(stream)
@@ -138,7 +143,7 @@ def test_serves_the_q4_gguf_chat_and_stream_and_stops_without_orphans(
 
 
 def test_a_pre_volta_gpu_replica_is_planned_on_llama_cpp_and_serves(
-    demo_model: Path, demo_q4_gguf: Path, tmp_path: Path
+    demo_model: Path, demo_q4_gguf: Path, exact_length_bias: dict[str, int], tmp_path: Path
 ) -> None:
     """NVML (faked) reports a Tesla P40 (sm61): the plan's q4 replica gets llama.cpp, and
     the runtime's actor arguments serve it from the demo checkpoint's converted GGUF."""
@@ -169,7 +174,10 @@ def test_a_pre_volta_gpu_replica_is_planned_on_llama_cpp_and_serves(
         base_url = actor.start()
         assert actor.health()["healthy"]
         reply = OpenAI(base_url=f"{base_url}/v1", api_key="unused").chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            model="demo",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            logit_bias=exact_length_bias,
         )
         assert reply.usage is not None and reply.usage.completion_tokens == 4
         info = actor.info()
