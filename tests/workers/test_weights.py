@@ -15,6 +15,7 @@ from scheduler.errors import EngineError
 from workers.engines.llamacpp import LlamaCppConfig, LlamaCppServer
 from workers.engines.vllm_server import VllmConfig, VllmServer
 from workers.gguf_convert import write_gguf
+from workers.proc import group_members
 from workers.quantize import make_w8a8
 from workers.weights import check_checkpoint, check_engine_log, check_gguf, prepare_weights
 
@@ -120,3 +121,23 @@ def test_engine_log_without_the_report_is_not_trusted() -> None:
         check_engine_log("INFO Uvicorn running", Quant.GGUF_Q4_K_M, engine="llama.cpp")
     with pytest.raises(ValueError, match="unknown engine"):
         check_engine_log("", Quant.FP32, engine="tgi")
+
+
+def test_engine_reporting_other_weights_is_stopped_before_serving(
+    f32_gguf: Path, tmp_path: Path
+) -> None:
+    """Should a file slip past the pre-start check, llama.cpp's own report still stops it."""
+
+    class SkipsFileCheck(LlamaCppServer):
+        def _prepare(self) -> None:
+            self._weights = self.config.model  # serve the f32 file as if it were q4
+
+    server = SkipsFileCheck(
+        LlamaCppConfig(model=str(f32_gguf), served_model_name="demo"),
+        tmp_path / "engine.log",
+        env=dict(os.environ),
+    )
+    with pytest.raises(EngineError, match=r"the weights llama\.cpp loaded is not gguf-q4_k_m"):
+        server.start()
+    assert server.health()["state"] == "stopped"
+    assert server.pid is not None and group_members(server.pid) == []
