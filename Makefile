@@ -29,7 +29,7 @@ unit:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/llamacpp-wheel.sh scripts/llamacpp-no-common.cmake
 	bash scripts/install.sh $(PYTHON) $(VENV)
 	touch $(STAMP)
 

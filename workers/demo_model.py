@@ -428,3 +428,17 @@ def generate_llama(
 def ensure_demo_model(data_dir: Path, progress: Progress | None = None) -> Path:
     """The default demo model (hidden 256, 4 layers), generated once under ``data_dir``."""
     return generate_llama(Path(data_dir) / "models" / DEMO_MODEL_NAME, progress=progress)
+
+
+def partial_utf8_token_ids(model_dir: Path) -> list[int]:
+    """Ids of the tokens that are one byte of a multi-byte UTF-8 character (128 here).
+
+    A random-weight model samples them freely, and llama-cpp-python (0.3.36) does not
+    count tokens against ``max_tokens`` while its output ends in an incomplete UTF-8
+    sequence: a reply can run on until the context is full (HTTP 500). Tests and
+    benchmarks that need exact lengths ban these ids with ``logit_bias`` on every engine.
+    """
+    from transformers import AutoTokenizer
+
+    tok: Any = AutoTokenizer.from_pretrained(str(model_dir))
+    return [i for i in range(len(tok)) if "\ufffd" in tok.decode([i])]

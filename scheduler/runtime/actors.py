@@ -18,7 +18,9 @@ def vllm_actor_args(settings: Settings, models: Callable[[], Mapping[str, ModelS
     """Constructor arguments of ``workers.actor.ReplicaActor`` for a replica.
 
     The weights are the variant's own source when the operator registered pre-quantised
-    weights for that quantisation, else the model's source.
+    weights for that quantisation, else the model's source: the worker then makes the
+    variant from that local checkpoint (int8 W8A8, GGUF) and checks it before serving
+    (``workers.weights.prepare_weights``).
     """
     from workers.engines.vllm_server import VllmConfig
     from workers.probe import engine_env
@@ -53,21 +55,17 @@ def llamacpp_args(
     settings: Settings, spec: ModelSpec, replica_id: str, replica: Replica
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Actor arguments for a llama.cpp replica: the GGUF file registered as the variant's
-    source. Every layer is offered to the GPU (``-1``): a CUDA build on a pre-Volta node
-    offloads them all, a CPU build or a machine without a GPU keeps them on the CPU; the
-    Ray resource pin decides which machine it is."""
+    source, else the model's local checkpoint, which the worker converts and quantises on
+    start (cached beside it). Every layer is offered to the GPU (``-1``): a CUDA build on
+    a pre-Volta node offloads them all, a CPU build or a machine without a GPU keeps them
+    on the CPU; the Ray resource pin decides which machine it is."""
     from workers.engines.llamacpp import LlamaCppConfig, LlamaCppServer
 
-    source = spec.variant_sources.get(replica.quant)
-    if source is None or not source.endswith(".gguf"):
-        raise NotFound(
-            f"model {replica.model!r} has no GGUF weights for {replica.quant}",
-            fix="register the .gguf file as the variant source of that quantisation",
-        )
     config = LlamaCppConfig(
-        model=source,
+        model=spec.variant_sources.get(replica.quant, spec.source),
         served_model_name=replica.model,
         device=DeviceKind.GPU,
+        quant=replica.quant,
         max_model_len=min(settings.max_model_len, spec.arch.max_model_len),
     )
     timeout_s = settings.engine_start_timeout_s

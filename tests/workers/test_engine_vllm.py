@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from scheduler.domain import Quant
 from scheduler.errors import EngineError
 from workers.actor import as_ray_actor
 from workers.engines.base import Engine
 from workers.engines.vllm_server import VllmConfig, VllmServer, http_health
 from workers.proc import group_members
+from workers.weights import check_engine_log
 
 pytestmark = pytest.mark.engine
 
@@ -57,7 +59,11 @@ def test_server_serves_a_chat_completion_and_stops_without_orphans(
     assert pgid is not None
     assert group_members(pgid) == []
     assert server.health()["state"] == "stopped"
-    assert "Application startup complete" in (tmp_path / "engine.log").read_text()
+    log = (tmp_path / "engine.log").read_text()
+    assert "Application startup complete" in log
+    check_engine_log(log, Quant.FP32, engine="vllm")  # what start() verified
+    with pytest.raises(EngineError, match="not int8-w8a8 weights: quantization=None"):
+        check_engine_log(log, Quant.INT8_W8A8, engine="vllm")
 
 
 def test_start_failure_raises_engine_error_with_log_tail(tmp_path: Path) -> None:
@@ -72,7 +78,12 @@ def test_start_failure_raises_engine_error_with_log_tail(tmp_path: Path) -> None
     assert server.pid is not None and group_members(server.pid) == []
 
 
-def test_ray_kill_of_the_actor_takes_its_engine_down(demo_model: Path, tmp_path: Path) -> None:
+def test_actor_serves_the_int8_variant_it_made_and_dies_with_its_engine(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    """A replica planned as int8 W8A8 on the fp32 demo checkpoint: the actor makes the
+    compressed-tensors copy, vLLM must report loading it, and ``ray.kill`` of the actor
+    takes the engine down."""
     import ray
 
     root = str(Path(__file__).resolve().parents[2])
@@ -84,11 +95,20 @@ def test_ray_kill_of_the_actor_takes_its_engine_down(demo_model: Path, tmp_path:
     )
     try:
         actor_class = as_ray_actor(ray, num_cpus=0)
-        config = VllmConfig(model=str(demo_model), served_model_name="demo", dtype="float32")
+        config = VllmConfig(
+            model=str(demo_model), served_model_name="demo", dtype="float32", quant=Quant.INT8_W8A8
+        )
         actor = actor_class.remote("demo-r0", config, tmp_path, env=ENV)
         base_url = ray.get(actor.start.remote(), timeout=240)
         info = ray.get(actor.info.remote())
         assert info["base_url"] == base_url and http_health(base_url)
+        reply = OpenAI(base_url=f"{base_url}/v1", api_key="unused").completions.create(
+            model="demo", prompt="Old servers", max_tokens=4, temperature=0
+        )
+        assert reply.usage is not None and 1 <= reply.usage.completion_tokens <= 4
+        log = Path(info["log"]).read_text()
+        assert f"model='{demo_model.parent / 'cunliang-demo-w8a8'}'" in log
+        assert "quantization=compressed-tensors" in log
         engine_pgid = info["pid"]
         assert len(group_members(engine_pgid)) >= 2
         ray.kill(actor)  # SIGKILLs the actor's worker process: no Python cleanup runs there

@@ -6,10 +6,16 @@ CPU fallback, with GGUF weights (``Quant.GGUF_Q4_K_M``). ``llamacpp_command`` is
 ``VllmServer`` does: its own process group under :mod:`workers.supervise`, a log file,
 a health wait that watches the process, the whole group killed on ``stop``.
 
-The package is the optional extra ``llamacpp`` (``pip install 'cunliang[llamacpp]'``):
-it ships as source only and compiles llama.cpp at install time (minutes; for CUDA
-builds set ``CMAKE_ARGS="-DGGML_CUDA=on"``). llama-cpp-python's server has no
-``/health`` route, so readiness is ``GET /v1/models`` answering 200.
+Weights: ``model`` is a GGUF file or a local Hugging Face checkpoint, which is converted
+and quantised once on start (:func:`workers.weights.prepare_weights`). The file's type
+is checked before launch and the loader's ``file type`` log line after it: a server
+that loaded anything but the planned format is stopped with an ``EngineError``.
+
+The package is the optional extra ``llamacpp`` (``pip install 'cunliang[llamacpp]'``;
+``scripts/install.sh`` builds a portable wheel once and caches it): it ships as source
+only and compiles llama.cpp (minutes; for CUDA builds set ``CMAKE_ARGS="-DGGML_CUDA=on"``).
+llama-cpp-python's server has no ``/health`` route, so readiness is ``GET /v1/models``
+answering 200.
 """
 
 from __future__ import annotations
@@ -22,18 +28,20 @@ from typing import Any
 
 import httpx
 
-from scheduler.domain import DeviceKind
+from scheduler.domain import DeviceKind, Quant
 from scheduler.errors import EngineError
 from workers.engines.supervised import SupervisedServer
+from workers.weights import check_engine_log, prepare_weights
 
 INSTALL_HINT = "pip install 'cunliang[llamacpp]' (compiles llama.cpp; a few minutes)"
 
 
 @dataclass(frozen=True)
 class LlamaCppConfig:
-    model: str  # path of a .gguf file
+    model: str  # a .gguf file, or a local checkpoint converted to ``quant`` on start
     served_model_name: str
     device: DeviceKind = DeviceKind.CPU
+    quant: Quant = Quant.GGUF_Q4_K_M
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port is picked at start
     max_model_len: int = 2048  # llama.cpp's n_ctx
@@ -99,11 +107,20 @@ class LlamaCppServer(SupervisedServer[LlamaCppConfig]):
     default_start_timeout_s = 300.0
     default_health_check = staticmethod(models_health)
 
+    _weights: str | None = None  # the checked GGUF file, once prepared
+
     def _argv(self, port: int, python: str) -> list[str]:
-        return llamacpp_command(replace(self.config, port=port), python)
+        model = self._weights or self.config.model
+        return llamacpp_command(replace(self.config, model=model, port=port), python)
 
     def _env_for(self, base: Mapping[str, str]) -> dict[str, str]:
         return llamacpp_env(self.config, base)
+
+    def _prepare(self) -> None:
+        self._weights = prepare_weights(self.config.model, self.config.quant)
+
+    def _verify_started(self, log_text: str) -> None:
+        check_engine_log(log_text, self.config.quant, engine="llama.cpp")
 
     def _start_fix(self) -> str:
         return f"read {self.log_path}; is the extra installed? {INSTALL_HINT}"

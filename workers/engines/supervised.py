@@ -1,10 +1,12 @@
 """What every engine server shares: one supervised process group, a log, a health wait.
 
 A concrete server (vLLM, llama.cpp) says how to build its argv and environment for a
-port; :class:`SupervisedServer` runs it under a detached :mod:`workers.supervise` in its
-own process group (so the server and its helpers end when the owner ends, however it
-ends), waits until the health check answers while watching that the group lives, and
-kills the whole group on ``stop``. It implements ``workers.engines.base.Engine``.
+port, how to prepare its weights and how to check, once up, that the engine loaded the
+weights it was asked for; :class:`SupervisedServer` prepares, runs the server under a
+detached :mod:`workers.supervise` in its own process group (so the server and its
+helpers end when the owner ends, however it ends), waits until the health check answers
+while watching that the group lives, verifies the start-up log written by this start,
+and kills the whole group on ``stop``. It implements ``workers.engines.base.Engine``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ class SupervisedServer(Generic[C]):
     def _start_fix(self) -> str:
         return f"read {self.log_path}"
 
+    def _prepare(self) -> None:
+        """Before launch: make and check the weights (raise EngineError to refuse)."""
+
+    def _verify_started(self, log_text: str) -> None:
+        """Once healthy: check the engine's own start-up log (raise EngineError to refuse)."""
+
     # -- the shared lifecycle -----------------------------------------------------------------
     @property
     def base_url(self) -> str:
@@ -107,8 +115,10 @@ class SupervisedServer(Generic[C]):
     def start(self) -> str:
         if self._pgid is not None:
             raise EngineError("engine already started", fix="stop() it before starting again")
+        self._prepare()
         argv = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             launcher = subprocess.Popen(
                 supervised(argv, grace_s=self.stop_grace_s, detach=True),
@@ -123,6 +133,11 @@ class SupervisedServer(Generic[C]):
         launcher.wait()  # exits at once, leaving the detached supervisor in its group
         self._started_at = time.monotonic()
         self._wait_healthy()
+        try:
+            self._verify_started(_read_from(self.log_path, log_start))
+        except EngineError:
+            self.stop()  # never serve weights other than the ones asked for
+            raise
         return self.base_url
 
     def _alive(self) -> bool:
@@ -177,3 +192,10 @@ class SupervisedServer(Generic[C]):
     def group_members(self) -> list[int]:
         """Live processes of the engine's group (empty once stopped)."""
         return group_members(self._pgid) if self._pgid is not None else []
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """The text appended to ``path`` since ``offset`` (this start's log, not earlier ones)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")

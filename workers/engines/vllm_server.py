@@ -5,7 +5,10 @@ argv and environment, so GPU configurations (tensor parallel, AWQ/GPTQ/W8A8) are
 on machines without GPUs. :class:`VllmServer` runs that command in its own process group
 (the console script ``vllm`` is not used: ``python -m`` works wherever the package
 imports), logs to a file, waits for ``/health`` while watching that the process lives,
-and kills the whole group on ``stop``.
+and kills the whole group on ``stop``. Before launch the weights are made if needed
+and checked against ``quant`` (:func:`workers.weights.prepare_weights`: a local float
+checkpoint asked for as W8A8 gets its int8 copy); once up, vLLM's own engine-config log
+line must report the same quantisation, or the server is stopped with an ``EngineError``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import httpx
 
 from scheduler.domain import DeviceKind, Quant
 from workers.engines.supervised import SupervisedServer
+from workers.weights import check_engine_log, prepare_weights
 
 # vLLM's --quantization names per cunliang weight format; None = the checkpoint decides
 _QUANT_ARG: dict[Quant, str | None] = {
@@ -137,9 +141,17 @@ class VllmServer(SupervisedServer[VllmConfig]):
 
     default_start_timeout_s = 600.0
     default_health_check = staticmethod(http_health)
+    _weights: str | None = None  # the checked weights, once prepared
 
     def _argv(self, port: int, python: str) -> list[str]:
-        return vllm_command(replace(self.config, port=port), python)
+        model = self._weights or self.config.model
+        return vllm_command(replace(self.config, model=model, port=port), python)
+
+    def _prepare(self) -> None:
+        self._weights = prepare_weights(self.config.model, self.config.quant)
+
+    def _verify_started(self, log_text: str) -> None:
+        check_engine_log(log_text, self.config.quant, engine="vllm")
 
     def _env_for(self, base: Mapping[str, str]) -> dict[str, str]:
         return vllm_env(self.config, base)
