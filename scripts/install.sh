@@ -12,7 +12,9 @@ VENV=${2:-.venv}
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 LLAMACPP_WHEEL=$(bash "$(dirname "$0")/llamacpp-wheel.sh" "$VENV")
 # the cached wheel given by path is the only candidate for the extra's llama-cpp-python pin
-"$VENV/bin/python" -m pip install -q -e ".[cpu,dev,llamacpp]" "$LLAMACPP_WHEEL" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+# (pip's warning about the extra's unresolvable name is filtered; its exit status is kept)
+"$VENV/bin/python" -m pip install -q -e ".[cpu,dev,llamacpp]" "$LLAMACPP_WHEEL" 2>&1 \
+  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 "$VENV/bin/python" -m pip show cunliang >/dev/null
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import vllm, ray, fastapi, transformers, gguf, llama_cpp.server; from transformers import LlamaForCausalLM" \
