@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--usage-flush-interval-s", type=float, default=0.05, help="WAL to database batching"
     )
-    parser.add_argument("--upstream-client", default="aiohttp", choices=("aiohttp", "httpx"))
+    parser.add_argument("--upstream-client", default="h1", choices=("h1", "aiohttp", "httpx"))
     args = parser.parse_args(argv)
     settings = Settings()
     if not settings.admin_token:
