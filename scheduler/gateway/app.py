@@ -15,6 +15,7 @@ from scheduler.gateway.body_limit import BodySizeLimit
 from scheduler.gateway.clients import UPSTREAM_CLIENTS
 from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.core import Gateway
+from scheduler.gateway.peers import GatewayPeers
 from scheduler.gateway.replicas import ReplicaDirectory
 from scheduler.gateway.routes import health, inference, models, usage
 from scheduler.gateway.routes.admin import admin_router
@@ -33,12 +34,14 @@ def create_app(
     admin_token: str,
     extra_routers: Sequence[APIRouter] = (),
     config: GatewayConfig | None = None,
+    peers: GatewayPeers | None = None,
 ) -> FastAPI:
     """Build the OpenAI-compatible gateway.
 
     settings: data_dir (usage WAL), body limit and upstream timeouts (see GatewayConfig).
     tenancy: tenants, keys and usage storage. directory: the runtime's replicas.
     registry: where metrics are registered and /metrics reads (a fresh one if None).
+    peers: the gateways sharing the tenants' limits (None: this one alone).
     admin_token: guards /admin/v1/*. extra_routers: mounted as they are (e.g. inventory admin).
     """
     if not admin_token:
@@ -62,6 +65,7 @@ def create_app(
         create_metrics(registry),
         POLICIES[config.routing_policy](),
         registry,
+        peers=peers,
     )
 
     @asynccontextmanager

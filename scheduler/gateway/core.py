@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -42,6 +43,7 @@ from scheduler.gateway.limits import Admission, Permit
 from scheduler.gateway.load import LoadTicket, ReplicaLoad, cost_yuan
 from scheduler.gateway.metering import UsageWriter
 from scheduler.gateway.meters import MetricChildren
+from scheduler.gateway.peers import GatewayPeers
 from scheduler.gateway.replicas import ReplicaDirectory, ReplicaEndpoint
 from scheduler.gateway.routing import RoutingPolicy, RoutingSnapshot, eligible
 from scheduler.gateway.schemas import ChatCompletionRequest, CompletionRequest, plainly_valid
@@ -62,7 +64,9 @@ from scheduler.gateway.upstream import (
     UpstreamResponse,
 )
 from scheduler.observability.metrics import Metrics
-from scheduler.tenancy import Principal, TenancyService, UsageRecord
+from scheduler.tenancy import Principal, TenancyService, Tenant, UsageRecord
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_LABEL = "unknown"  # metric label for unknown models / unauthenticated callers
 
@@ -108,6 +112,7 @@ class Gateway:
         policy: RoutingPolicy,
         registry: CollectorRegistry,
         *,
+        peers: GatewayPeers | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -120,7 +125,9 @@ class Gateway:
         self.clock = clock
         self.wall_clock = wall_clock
         self.load = ReplicaLoad()
-        self.admission = Admission(clock, wall_clock)
+        self.admission = Admission(clock, wall_clock, peers)
+        self._reloading: set[int] = set()  # tenants whose budget ledger is being reloaded
+        self._background: set[asyncio.Task[None]] = set()
         self.writer = UsageWriter(
             tenancy,
             config.wal_dir,
@@ -239,9 +246,24 @@ class Gateway:
                 f"No ready replica of '{ex.model}' right now.",
                 retry_after_s=self.config.no_replica_retry_after_s,
             )
-        if self.admission.needs_ledger(tenant):
+        need = self.admission.ledger_need(tenant)
+        if need == "load":
             await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+        elif need == "reload" and tenant.id not in self._reloading:
+            self._reloading.add(tenant.id)
+            task = asyncio.create_task(self._reload_ledger(tenant))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         ex.permit = self.admission.admit(tenant)
+
+    async def _reload_ledger(self, tenant: Tenant) -> None:
+        """Reload a tenant's budget counters from the database (other gateways' usage)."""
+        try:
+            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+        except Exception:  # the old ledger stays; the next request tries again
+            log.exception("reloading the budget ledger of tenant %s failed", tenant.name)
+        finally:
+            self._reloading.discard(tenant.id)
 
     def _pick(self, ex: Exchange, tried: set[str]) -> ReplicaEndpoint | None:
         candidates = tuple(
