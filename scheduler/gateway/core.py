@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -141,6 +141,8 @@ class Gateway:
         # processes and restarts without a random draw per request)
         self._id_prefix = f"req-{secrets.token_hex(8)}-"
         self._children = MetricChildren(metrics)
+        self._indexed: Sequence[ReplicaEndpoint] | None = None  # snapshot _ready_by_model is of
+        self._ready_by_model: dict[str, tuple[ReplicaEndpoint, ...]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -230,7 +232,18 @@ class Gateway:
         ex.stream = bool(body.get("stream"))
         options = body.get("stream_options") or {}
         ex.want_usage = ex.stream and bool(options.get("include_usage"))
-        ex.model_known = any(r.model == ex.model for r in self.directory.replicas())
+        ex.model_known = self._ready(ex.model) is not None
+
+    def _ready(self, model: str) -> tuple[ReplicaEndpoint, ...] | None:
+        """The ready replicas of ``model`` (maybe none), or None if no replica serves it in
+        any state. Indexed once per directory snapshot (an immutable tuple, swapped whole)."""
+        replicas = self.directory.replicas()
+        if replicas is not self._indexed:
+            self._indexed = replicas
+            # {model: ready replicas} of the models this snapshot knows: never grows with
+            # the model names clients send
+            self._ready_by_model = {r.model: eligible(replicas, r.model) for r in replicas}
+        return self._ready_by_model.get(model)
 
     async def _admit(self, ex: Exchange) -> None:
         assert ex.principal is not None
@@ -241,7 +254,7 @@ class Gateway:
             )
         if not tenant.may_use(ex.model):
             raise Forbidden(f"Tenant {tenant.name!r} may not use model '{ex.model}'.")
-        if not eligible(self.directory.replicas(), ex.model):
+        if not self._ready(ex.model):
             raise NoCapacity(
                 f"No ready replica of '{ex.model}' right now.",
                 retry_after_s=self.config.no_replica_retry_after_s,
@@ -266,9 +279,8 @@ class Gateway:
             self._reloading.discard(tenant.id)
 
     def _pick(self, ex: Exchange, tried: set[str]) -> ReplicaEndpoint | None:
-        candidates = tuple(
-            r for r in eligible(self.directory.replicas(), ex.model) if r.id not in tried
-        )
+        ready = self._ready(ex.model) or ()
+        candidates = tuple(r for r in ready if r.id not in tried) if tried else ready
         snapshot = RoutingSnapshot(
             ex.model, candidates, self.load.outstanding(), next(self._sequence)
         )
