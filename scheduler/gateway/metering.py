@@ -47,7 +47,7 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode(record: UsageRecord) -> bytes:
-    values = [getattr(record, name) for name in _ORDER]
+    values = list(vars(record).values())  # a dataclass's __dict__ keeps the field order
     values[_CREATED_AT] = record.created_at.isoformat()
     return (_ENCODER.encode(values) + "\n").encode()
 
