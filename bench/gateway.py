@@ -168,6 +168,9 @@ def main() -> int:
         "--vllm-router", default="/tmp/vr-venv/bin/vllm-router", help="router binary if any"
     )
     parser.add_argument("--layouts", default="pinned,shared", help="comma-separated LAYOUTS")
+    parser.add_argument(
+        "--compare-repo", help="also measure the gateway of this checkout (e.g. the last release)"
+    )
     args = parser.parse_args()
     layouts = [name for name in args.layouts.split(",") if name]
     if os.cpu_count() != 2 or any(name not in LAYOUTS for name in layouts):
@@ -181,7 +184,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cl-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up_port, gw_port = free_port(), free_port()
+        up_port = free_port()
         procs.append(
             start(
                 [
@@ -218,30 +221,30 @@ def main() -> int:
                 ]
             )
         )
-        procs.append(
-            start(
-                [
-                    sys.executable,
-                    "-m",
-                    "scheduler.gateway.serve",
-                    "--replicas",
-                    str(tmp / "replicas.json"),
-                ],
+        pids = {"upstream": procs[0]}
+        targets: dict[str, tuple[str, dict[str, str]]] = {"direct": (direct, {})}
+        # the gateway of this checkout, and optionally one of another checkout side by side
+        checkouts = {"gateway": REPO}
+        if args.compare_repo:
+            checkouts["gateway_base"] = Path(args.compare_repo).resolve()
+        for name, checkout in checkouts.items():
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scheduler.gateway.serve", "--replicas", str(tmp / "replicas.json")],
+                cwd=checkout,
                 env={
-                    "CUNLIANG_DATA_DIR": str(tmp / "data"),
+                    **os.environ,
+                    "PYTHONPATH": str(checkout),
+                    "CUNLIANG_DATA_DIR": str(tmp / f"data-{name}"),
                     "CUNLIANG_DATABASE_URL": f"sqlite:///{tmp / 'gw.db'}",
                     "CUNLIANG_ADMIN_TOKEN": ADMIN,
-                    "CUNLIANG_PORT": str(gw_port),
+                    "CUNLIANG_PORT": str(port),
                 },
-            )
-        )
-        gateway = f"http://127.0.0.1:{gw_port}"
-        pids = {"upstream": procs[0], "gateway": procs[1]}
-        wait_healthy(gateway, "/healthz")
-        targets: dict[str, tuple[str, dict[str, str]]] = {
-            "direct": (direct, {}),
-            "gateway": (gateway, {"Authorization": f"Bearer {key}"}),
-        }
+            )  # fmt: skip
+            procs.append(proc)
+            pids[name] = proc
+            wait_healthy(f"http://127.0.0.1:{port}", "/healthz")
+            targets[name] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
         router_bin = Path(args.vllm_router)
         if router_bin.exists():
             rt_port = free_port()
@@ -263,7 +266,7 @@ def main() -> int:
             try:
                 wait_healthy(f"http://127.0.0.1:{rt_port}", "/health", timeout_s=30)
                 targets["vllm_router"] = (f"http://127.0.0.1:{rt_port}", {})
-                pids["vllm_router"] = procs[2]
+                pids["vllm_router"] = procs[-1]
             except RuntimeError:
                 print("vllm-router did not start; measured without it", file=sys.stderr)
 
@@ -356,7 +359,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for layout in layouts:
-        print(markdown_row(metrics, layout, "vllm_router" in targets))
+        print(markdown_row(metrics, layout))
     return 0
 
 
@@ -404,7 +407,7 @@ def summarise(
     return metrics
 
 
-def markdown_row(m: dict[str, float], layout: str, router: bool) -> str:
+def markdown_row(m: dict[str, float], layout: str) -> str:
     def proxy(name: str) -> str:
         t = f"{layout}_plain_c"
         s = f"{layout}_stream_c32_{name}"
@@ -419,7 +422,11 @@ def markdown_row(m: dict[str, float], layout: str, router: bool) -> str:
             f"{m[f'{s}_proxy_cpu_us_per_request']:.0f} µs/stream"
         )
 
-    names = ["gateway"] + (["vllm_router"] if router else [])
+    names = [
+        n
+        for n in ("gateway", "gateway_base", "vllm_router")
+        if f"{layout}_max_{n}_requests_per_s" in m
+    ]
     return (
         f"| gateway vs direct, {layout} cores (fake engine) | "
         + "; ".join(proxy(n) for n in names)

@@ -140,6 +140,7 @@ class Gateway:
         # request ids: 64 random bits per process start + a counter (unique across gateway
         # processes and restarts without a random draw per request)
         self._id_prefix = f"req-{secrets.token_hex(8)}-"
+        self._ids = itertools.count()
         self._children = MetricChildren(metrics)
         self._indexed: Sequence[ReplicaEndpoint] | None = None  # snapshot _ready_by_model is of
         self._ready_by_model: dict[str, tuple[ReplicaEndpoint, ...]] = {}
@@ -185,7 +186,7 @@ class Gateway:
         """Serve one inference request (``path`` = the engine path, e.g. /v1/completions):
         authenticate, then read and validate the body, admit, route and forward."""
         ex = Exchange(
-            request_id=f"{self._id_prefix}{next(self._sequence):x}",
+            request_id=f"{self._id_prefix}{next(self._ids):x}",
             started_s=self.clock(),
             created_at=self.wall_clock(),
         )
