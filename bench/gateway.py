@@ -2,20 +2,32 @@
 
 Isolation upstream: tests/fakes/openai_upstream.py (instant answers, so every microsecond
 measured is transport + gateway). Three processes on one machine: the fake engine, the
-gateway (python -m scheduler.gateway.serve, uvloop + httptools), and this load generator
-(aiohttp, closed loop at fixed concurrency). Direct and gateway runs alternate per
+gateway (python -m scheduler.gateway.serve, uvloop + httptools, one process), and this load
+generator (aiohttp, closed loop at fixed concurrency). Direct and gateway runs alternate per
 concurrency level, same generator, same request. vllm-router (the Rust router of the vLLM
-project) is measured side by side when its venv exists (see --vllm-router).
+project) is measured side by side when its binary exists (see --vllm-router).
+
+The machine has 2 cores, so where each process runs decides what is measured. Two layouts,
+both in every round (affinity set on every thread of each process):
+
+- ``pinned``: load generator + engine on core 0, the proxy (gateway or vllm-router) alone on
+  core 1; direct runs keep the generator + engine on core 0 (core 1 idle). The proxy gets
+  its own core, as in a deployment: this measures whether it limits throughput/latency.
+- ``shared``: every process may run on both cores. The proxy's CPU competes with the
+  generator's and the engine's, so throughput vs direct shows what each proxy costs in CPU.
+
+CPU time per request (user + system, from /proc) is reported for every process.
 
     PYTHONPATH=$PWD .venv/bin/python bench/gateway.py [--quick]
 
-Writes bench/results/gateway.json and prints a markdown row.
+Writes bench/results/gateway.json and prints markdown rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -134,6 +146,20 @@ def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen
     )
 
 
+LAYOUTS = {
+    # layout: (cpus of the generator and the engine, cpus of the proxy)
+    "pinned": ({0}, {1}),
+    "shared": ({0, 1}, {0, 1}),
+}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of ``pid`` (threads started later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # a thread ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
@@ -141,7 +167,15 @@ def main() -> int:
     parser.add_argument(
         "--vllm-router", default="/tmp/vr-venv/bin/vllm-router", help="router binary if any"
     )
+    parser.add_argument("--layouts", default="pinned,shared", help="comma-separated LAYOUTS")
+    parser.add_argument(
+        "--compare-repo", help="also measure the gateway of this checkout (e.g. the last release)"
+    )
     args = parser.parse_args()
+    layouts = [name for name in args.layouts.split(",") if name]
+    if os.cpu_count() != 2 or any(name not in LAYOUTS for name in layouts):
+        print("bench/gateway.py: needs a 2-core machine and layouts from", list(LAYOUTS))
+        return 2
     scale = 0.2 if args.quick else 1.0
     levels = {1: int(300 * scale), 32: int(2000 * scale), 256: int(3000 * scale)}
     stream_levels = {1: int(150 * scale), 32: int(800 * scale), 256: int(1500 * scale)}
@@ -150,7 +184,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cl-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up_port, gw_port = free_port(), free_port()
+        up_port = free_port()
         procs.append(
             start(
                 [
@@ -187,30 +221,30 @@ def main() -> int:
                 ]
             )
         )
-        procs.append(
-            start(
-                [
-                    sys.executable,
-                    "-m",
-                    "scheduler.gateway.serve",
-                    "--replicas",
-                    str(tmp / "replicas.json"),
-                ],
+        pids = {"upstream": procs[0]}
+        targets: dict[str, tuple[str, dict[str, str]]] = {"direct": (direct, {})}
+        # the gateway of this checkout, and optionally one of another checkout side by side
+        checkouts = {"gateway": REPO}
+        if args.compare_repo:
+            checkouts["gateway_base"] = Path(args.compare_repo).resolve()
+        for name, checkout in checkouts.items():
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scheduler.gateway.serve", "--replicas", str(tmp / "replicas.json")],
+                cwd=checkout,
                 env={
-                    "CUNLIANG_DATA_DIR": str(tmp / "data"),
+                    **os.environ,
+                    "PYTHONPATH": str(checkout),
+                    "CUNLIANG_DATA_DIR": str(tmp / f"data-{name}"),
                     "CUNLIANG_DATABASE_URL": f"sqlite:///{tmp / 'gw.db'}",
                     "CUNLIANG_ADMIN_TOKEN": ADMIN,
-                    "CUNLIANG_PORT": str(gw_port),
+                    "CUNLIANG_PORT": str(port),
                 },
-            )
-        )
-        gateway = f"http://127.0.0.1:{gw_port}"
-        pids = {"upstream": procs[0], "gateway": procs[1]}
-        wait_healthy(gateway, "/healthz")
-        targets: dict[str, tuple[str, dict[str, str]]] = {
-            "direct": (direct, {}),
-            "gateway": (gateway, {"Authorization": f"Bearer {key}"}),
-        }
+            )  # fmt: skip
+            procs.append(proc)
+            pids[name] = proc
+            wait_healthy(f"http://127.0.0.1:{port}", "/healthz")
+            targets[name] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
         router_bin = Path(args.vllm_router)
         if router_bin.exists():
             rt_port = free_port()
@@ -232,78 +266,61 @@ def main() -> int:
             try:
                 wait_healthy(f"http://127.0.0.1:{rt_port}", "/health", timeout_s=30)
                 targets["vllm_router"] = (f"http://127.0.0.1:{rt_port}", {})
-                pids["vllm_router"] = procs[2]
+                pids["vllm_router"] = procs[-1]
             except RuntimeError:
                 print("vllm-router did not start; measured without it", file=sys.stderr)
 
-        # samples[(mode, c, target)][stat] = one value per round; rounds interleave targets
-        # so background load on the shared machine hits them alike; medians are reported
-        samples: dict[tuple[str, int, str], dict[str, list[float]]] = {}
+        # samples[(layout, mode, c, target)][stat] = one value per round; rounds interleave
+        # layouts and targets so background load on the shared machine hits them alike;
+        # medians are reported
+        samples: dict[tuple[str, str, int, str], dict[str, list[float]]] = {}
         for round_no in range(args.rounds):
-            for mode, table in (("plain", levels), ("stream", stream_levels)):
-                for c, n in table.items():
-                    for name, (url, headers) in targets.items():
-                        kw: dict[str, Any] = {
-                            "stream": mode == "stream",
-                            "max_tokens": stream_tokens if mode == "stream" else 4,
-                            "headers": headers,
-                        }
-                        asyncio.run(load(url, min(200, n), c, **kw))  # warm-up: pools, caches
-                        cpu0 = {k: cpu_s(p.pid) for k, p in pids.items()}
-                        run = asyncio.run(load(url, n, c, **kw))
-                        done = max(1, len(run.latencies_s))
-                        cpu = {k: (cpu_s(p.pid) - cpu0[k]) / done * 1e6 for k, p in pids.items()}
-                        stats = samples.setdefault((mode, c, name), {})
-                        for stat, value in (
-                            ("p50_ms", run.pct(50) * 1000),
-                            ("p99_ms", run.pct(99) * 1000),
-                            ("requests_per_s", run.rps),
-                            ("errors", float(run.errors)),
-                            ("ttft_p50_ms", run.pct(50, run.ttft_s) * 1000 if run.ttft_s else 0),
-                            ("upstream_cpu_us_per_request", cpu["upstream"]),
-                            ("proxy_cpu_us_per_request", cpu.get(name, 0.0)),
-                        ):
-                            stats.setdefault(stat, []).append(value)
-                        print(
-                            f"round {round_no} {mode} c={c} {name}: n={len(run.latencies_s)} "
-                            f"p50={run.pct(50) * 1000:.2f}ms p99={run.pct(99) * 1000:.2f}ms "
-                            f"rps={run.rps:.0f} err={run.errors}",
-                            file=sys.stderr,
-                        )
-        metrics: dict[str, float] = {}
-        med: dict[tuple[str, int, str], dict[str, float]] = {
-            key: {stat: statistics.median(v) for stat, v in stats.items()}
-            for key, stats in samples.items()
-        }
-        for (mode, c, name), stats in med.items():
-            for stat, value in stats.items():
-                if stat == "ttft_p50_ms" and mode != "stream":
-                    continue
-                if stat == "proxy_cpu_us_per_request" and name == "direct":
-                    continue
-                metrics[f"{mode}_c{c}_{name}_{stat}"] = round(value, 3)
-            if name == "direct":
-                continue
-            d = med[(mode, c, "direct")]
-            tag = f"{mode}_c{c}_{name}"
-            metrics[f"{tag}_added_p50_ms"] = round(stats["p50_ms"] - d["p50_ms"], 3)
-            metrics[f"{tag}_added_p99_ms"] = round(stats["p99_ms"] - d["p99_ms"], 3)
-            metrics[f"{tag}_throughput_ratio"] = round(
-                stats["requests_per_s"] / d["requests_per_s"], 3
-            )
-            if mode == "stream":
-                metrics[f"{tag}_added_per_token_p50_ms"] = round(
-                    (stats["p50_ms"] - d["p50_ms"]) / stream_tokens, 4
-                )
-        metrics["max_direct_requests_per_s"] = round(
-            max(med[("plain", c, "direct")]["requests_per_s"] for c in levels), 1
-        )
-        metrics["max_gateway_requests_per_s"] = round(
-            max(med[("plain", c, "gateway")]["requests_per_s"] for c in levels), 1
-        )
-        metrics["max_throughput_ratio"] = round(
-            metrics["max_gateway_requests_per_s"] / metrics["max_direct_requests_per_s"], 3
-        )
+            for layout in layouts:
+                near, proxy_cpus = LAYOUTS[layout]
+                os.sched_setaffinity(0, near)  # this process: the load generator
+                pin(pids["upstream"].pid, near)
+                for name, proc in pids.items():
+                    if name != "upstream":
+                        pin(proc.pid, proxy_cpus)
+                for mode, table in (("plain", levels), ("stream", stream_levels)):
+                    for c, n in table.items():
+                        for name, (url, headers) in targets.items():
+                            kw: dict[str, Any] = {
+                                "stream": mode == "stream",
+                                "max_tokens": stream_tokens if mode == "stream" else 4,
+                                "headers": headers,
+                            }
+                            asyncio.run(load(url, min(200, n), c, **kw))  # warm-up: pools
+                            cpu0 = {k: cpu_s(p.pid) for k, p in pids.items()}
+                            gen0 = time.process_time()
+                            run = asyncio.run(load(url, n, c, **kw))
+                            gen_s = time.process_time() - gen0
+                            done = max(1, len(run.latencies_s))
+                            cpu = {
+                                k: (cpu_s(p.pid) - cpu0[k]) / done * 1e6 for k, p in pids.items()
+                            }
+                            stats = samples.setdefault((layout, mode, c, name), {})
+                            ttft = run.pct(50, run.ttft_s) * 1000 if run.ttft_s else 0.0
+                            for stat, value in (
+                                ("p50_ms", run.pct(50) * 1000),
+                                ("p99_ms", run.pct(99) * 1000),
+                                ("requests_per_s", run.rps),
+                                ("errors", float(run.errors)),
+                                ("ttft_p50_ms", ttft),
+                                ("generator_cpu_us_per_request", gen_s / done * 1e6),
+                                ("upstream_cpu_us_per_request", cpu["upstream"]),
+                                ("proxy_cpu_us_per_request", cpu.get(name, 0.0)),
+                            ):
+                                stats.setdefault(stat, []).append(value)
+                            print(
+                                f"round {round_no} {layout} {mode} c={c} {name}: "
+                                f"n={len(run.latencies_s)} p50={run.pct(50) * 1000:.2f}ms "
+                                f"p99={run.pct(99) * 1000:.2f}ms rps={run.rps:.0f} "
+                                f"err={run.errors} proxy_cpu={cpu.get(name, 0.0):.0f}us "
+                                f"load={os.getloadavg()[0]:.1f}",
+                                file=sys.stderr,
+                            )
+        metrics = summarise(samples, layouts, levels, stream_tokens)
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -323,7 +340,14 @@ def main() -> int:
             "stream_requests": stream_levels,
             "stream_tokens": stream_tokens,
             "upstream": "tests/fakes/openai_upstream.py (instant)",
-            "baseline": "direct to the same upstream, same load generator, same run",
+            "baseline": "direct to the same upstream, same load generator, same layout, same run",
+            "layouts": {
+                k: {
+                    "generator_and_engine_cpus": sorted(LAYOUTS[k][0]),
+                    "proxy_cpus": sorted(LAYOUTS[k][1]),
+                }
+                for k in layouts
+            },
             "quick": args.quick,
             "rounds": args.rounds,
             "statistic": "median over rounds of each round's p50/p99/throughput/CPU",
@@ -334,18 +358,82 @@ def main() -> int:
     out = REPO / "bench" / "results" / "gateway.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    m = metrics
-    print(
-        "| gateway overhead (fake engine) | added p50/p99 c=1: "
-        f"{m['plain_c1_gateway_added_p50_ms']}/{m['plain_c1_gateway_added_p99_ms']} ms; c=32: "
-        f"{m['plain_c32_gateway_added_p50_ms']}/{m['plain_c32_gateway_added_p99_ms']} ms; c=256: "
-        f"{m['plain_c256_gateway_added_p50_ms']}/{m['plain_c256_gateway_added_p99_ms']} ms; "
-        f"per streamed token c=32: {m['stream_c32_gateway_added_per_token_p50_ms']} ms; "
-        f"gateway CPU {m['plain_c32_gateway_proxy_cpu_us_per_request']:.0f} µs/request | "
-        f"max {m['max_gateway_requests_per_s']} req/s vs direct {m['max_direct_requests_per_s']} "
-        f"({m['max_throughput_ratio']:.0%}) | `python bench/gateway.py` |"
-    )
+    for layout in layouts:
+        print(markdown_row(metrics, layout))
     return 0
+
+
+def summarise(
+    samples: dict[tuple[str, str, int, str], dict[str, list[float]]],
+    layouts: list[str],
+    levels: dict[int, int],
+    stream_tokens: int,
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    med = {
+        key: {stat: statistics.median(v) for stat, v in stats.items()}
+        for key, stats in samples.items()
+    }
+    for (layout, mode, c, name), stats in med.items():
+        for stat, value in stats.items():
+            if stat == "ttft_p50_ms" and mode != "stream":
+                continue
+            if stat == "proxy_cpu_us_per_request" and name == "direct":
+                continue
+            metrics[f"{layout}_{mode}_c{c}_{name}_{stat}"] = round(value, 3)
+        if name == "direct":
+            continue
+        d = med[(layout, mode, c, "direct")]
+        tag = f"{layout}_{mode}_c{c}_{name}"
+        metrics[f"{tag}_added_p50_ms"] = round(stats["p50_ms"] - d["p50_ms"], 3)
+        metrics[f"{tag}_added_p99_ms"] = round(stats["p99_ms"] - d["p99_ms"], 3)
+        metrics[f"{tag}_throughput_ratio"] = round(stats["requests_per_s"] / d["requests_per_s"], 3)
+        if mode == "stream":
+            metrics[f"{tag}_added_per_token_p50_ms"] = round(
+                (stats["p50_ms"] - d["p50_ms"]) / stream_tokens, 4
+            )
+    for layout in layouts:
+        names = {key[3] for key in med if key[0] == layout}
+        for name in sorted(names):
+            metrics[f"{layout}_max_{name}_requests_per_s"] = round(
+                max(med[(layout, "plain", c, name)]["requests_per_s"] for c in levels), 1
+            )
+        for name in sorted(names - {"direct"}):
+            metrics[f"{layout}_max_{name}_throughput_ratio"] = round(
+                metrics[f"{layout}_max_{name}_requests_per_s"]
+                / metrics[f"{layout}_max_direct_requests_per_s"],
+                3,
+            )
+    return metrics
+
+
+def markdown_row(m: dict[str, float], layout: str) -> str:
+    def proxy(name: str) -> str:
+        t = f"{layout}_plain_c"
+        s = f"{layout}_stream_c32_{name}"
+        return (
+            f"{name}: added p50/p99 c=1 {m[f'{t}1_{name}_added_p50_ms']}/"
+            f"{m[f'{t}1_{name}_added_p99_ms']} ms, c=32 {m[f'{t}32_{name}_added_p50_ms']}/"
+            f"{m[f'{t}32_{name}_added_p99_ms']} ms, c=256 {m[f'{t}256_{name}_added_p50_ms']}/"
+            f"{m[f'{t}256_{name}_added_p99_ms']} ms; c=32 throughput "
+            f"{m[f'{t}32_{name}_throughput_ratio']:.0%} (streams "
+            f"{m[f'{s}_throughput_ratio']:.0%}, +{m[f'{s}_added_per_token_p50_ms']} ms/token); "
+            f"CPU {m[f'{t}32_{name}_proxy_cpu_us_per_request']:.0f} µs/request, "
+            f"{m[f'{s}_proxy_cpu_us_per_request']:.0f} µs/stream"
+        )
+
+    names = [
+        n
+        for n in ("gateway", "gateway_base", "vllm_router")
+        if f"{layout}_max_{n}_requests_per_s" in m
+    ]
+    return (
+        f"| gateway vs direct, {layout} cores (fake engine) | "
+        + "; ".join(proxy(n) for n in names)
+        + f" | direct max {m[f'{layout}_max_direct_requests_per_s']} req/s; gateway max "
+        f"{m[f'{layout}_max_gateway_requests_per_s']} "
+        f"({m[f'{layout}_max_gateway_throughput_ratio']:.0%}) | `python bench/gateway.py` |"
+    )
 
 
 if __name__ == "__main__":

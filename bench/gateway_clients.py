@@ -1,9 +1,9 @@
-"""Which HTTP client should the gateway use upstream? httpx vs aiohttp, same gateway code.
+"""Which HTTP client should the gateway use upstream? httpx vs aiohttp vs its own (h1).
 
 Starts the fake engine and one gateway per client (``serve --upstream-client``), drives
 each at concurrency 32 (non-streaming and streaming, 2 interleaved rounds), and reports the
 gateway's CPU time per request, throughput and latency. Baseline: httpx (the client the
-gateway started with). Writes bench/results/gateway_clients.json and prints a row.
+gateway started with); aiohttp was the default before h1. Writes bench/results/gateway_clients.json and prints a row.
 
     PYTHONPATH=$PWD .venv/bin/python bench/gateway_clients.py
 """
@@ -35,7 +35,7 @@ from gateway import (  # type: ignore[import-not-found]
     wait_healthy,
 )
 
-CLIENTS = ("httpx", "aiohttp")
+CLIENTS = ("httpx", "aiohttp", "h1")
 REQUESTS = {"plain": 2000, "stream": 800}
 
 
@@ -108,11 +108,12 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     metrics = {k: round(statistics.median(v), 2) for k, v in samples.items()}
     for mode in REQUESTS:
-        metrics[f"{mode}_c32_aiohttp_vs_httpx_cpu_ratio"] = round(
-            metrics[f"{mode}_c32_aiohttp_gateway_cpu_us_per_request"]
-            / metrics[f"{mode}_c32_httpx_gateway_cpu_us_per_request"],
-            3,
-        )
+        for client in CLIENTS[1:]:
+            metrics[f"{mode}_c32_{client}_vs_httpx_cpu_ratio"] = round(
+                metrics[f"{mode}_c32_{client}_gateway_cpu_us_per_request"]
+                / metrics[f"{mode}_c32_httpx_gateway_cpu_us_per_request"],
+                3,
+            )
     result = {
         "benchmark": "gateway_clients",
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -123,14 +124,17 @@ def main() -> int:
     out = REPO / "bench" / "results" / "gateway_clients.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     m = metrics
+    cpu = "plain_c32_{}_gateway_cpu_us_per_request"
+    stream_cpu = "stream_c32_{}_gateway_cpu_us_per_request"
+    rps = "plain_c32_{}_requests_per_s"
     print(
-        "| gateway upstream client (c=32, fake engine) | CPU/request httpx "
-        f"{m['plain_c32_httpx_gateway_cpu_us_per_request']:.0f} µs → aiohttp "
-        f"{m['plain_c32_aiohttp_gateway_cpu_us_per_request']:.0f} µs (streams: "
-        f"{m['stream_c32_httpx_gateway_cpu_us_per_request']:.0f} → "
-        f"{m['stream_c32_aiohttp_gateway_cpu_us_per_request']:.0f} µs) | "
-        f"{m['plain_c32_httpx_requests_per_s']:.0f} → {m['plain_c32_aiohttp_requests_per_s']:.0f} req/s "
-        "| `python bench/gateway_clients.py` |"
+        "| gateway upstream client (c=32, fake engine) | CPU/request "
+        + " → ".join(f"{c} {m[cpu.format(c)]:.0f} µs" for c in CLIENTS)
+        + " (streams: "
+        + " → ".join(f"{m[stream_cpu.format(c)]:.0f}" for c in CLIENTS)
+        + " µs) | "
+        + " → ".join(f"{m[rps.format(c)]:.0f}" for c in CLIENTS)
+        + " req/s | `python bench/gateway_clients.py` |"
     )
     return 0
 

@@ -311,6 +311,7 @@ class _EmbeddedStack:
 
         from scheduler.dashboard.wiring import observability
         from scheduler.gateway.app import create_app
+        from scheduler.gateway.serve import SERVER_OPTIONS, raise_open_files_limit
         from scheduler.inventory.router import inventory_router
         from scheduler.observability.sources import reconciler_replica_counts
         from scheduler.tenancy import TenancyService
@@ -332,8 +333,14 @@ class _EmbeddedStack:
             extra_routers=[inventory_router(inventory, admin_token), obs.router],
         )
         obs.install(app)
+        raise_open_files_limit()
         config = uvicorn.Config(
-            app, host=self.s.host, port=self.s.port, log_level="warning", lifespan="on"
+            app,
+            host=self.s.host,
+            port=self.s.port,
+            log_level="warning",
+            lifespan="on",
+            **SERVER_OPTIONS,
         )
         server = uvicorn.Server(config)
         threading.Thread(

@@ -68,32 +68,44 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid request{where}: {first.get('msg', 'invalid value')}.", param
 
 
+def domain_error_response(exc: CunliangError) -> JSONResponse:
+    retry = exc.retry_after_s if isinstance(exc, RateLimited | NoCapacity) else None
+    return error_response(
+        exc.status_code,
+        str(exc),
+        type_=exc.error_type,
+        code=exc.code,
+        param=exc.param,
+        retry_after_s=retry,
+    )
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    message, param = _validation_message(exc)
+    # malformed JSON is a 400; well-formed JSON with wrong types/fields is a 422
+    status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
+    return error_response(status, message, param=param)
+
+
+def unexpected_error_response() -> JSONResponse:
+    # a bug: answer in OpenAI format instead of a bare text 500 (the traceback is logged)
+    return error_response(500, "Internal server error.", code="internal_error")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on an app (gateway and admin API share them)."""
 
     @app.exception_handler(CunliangError)
     async def _domain(_: Request, exc: CunliangError) -> JSONResponse:
-        retry = exc.retry_after_s if isinstance(exc, RateLimited | NoCapacity) else None
-        return error_response(
-            exc.status_code,
-            str(exc),
-            type_=exc.error_type,
-            code=exc.code,
-            param=exc.param,
-            retry_after_s=retry,
-        )
+        return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        # malformed JSON is a 400; well-formed JSON with wrong types/fields is a 422
-        status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
-        return error_response(status, message, param=param)
+        return validation_error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # a bug: answer in OpenAI format instead of a bare text 500 (the traceback is logged)
-        return error_response(500, "Internal server error.", code="internal_error")
+        return unexpected_error_response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

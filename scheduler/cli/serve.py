@@ -83,7 +83,8 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
 
     from scheduler.dashboard.wiring import observability
     from scheduler.gateway.app import create_app
-    from scheduler.gateway.db_directory import DbReplicaDirectory
+    from scheduler.gateway.db_directory import DbGatewayPeers, DbReplicaDirectory
+    from scheduler.gateway.serve import SERVER_OPTIONS, raise_open_files_limit
     from scheduler.inventory.router import inventory_router
     from scheduler.inventory.service import InventoryService
     from scheduler.inventory.usage import SqlUsageSource
@@ -97,7 +98,10 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
     database = _open_migrated(settings)
     directory = DbReplicaDirectory(database.sessions)
     directory.start()
+    # every gateway on this database enforces its share of each tenant limit
+    peers = DbGatewayPeers(database.sessions)
     try:
+        peers.start()
         tenancy = TenancyService(database.sessions)
         inventory = InventoryService(database, usage=SqlUsageSource(database))
         # fleet gauges on /metrics and the operator dashboard on /dashboard
@@ -116,11 +120,16 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
             obs.registry,
             admin_token=settings.admin_token,
             extra_routers=[inventory_router(inventory, settings.admin_token), obs.router],
+            peers=peers,
         )
         obs.install(app)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM
-            uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+            raise_open_files_limit()
+            uvicorn.run(
+                app, host=settings.host, port=settings.port, log_level="warning", **SERVER_OPTIONS
+            )
     finally:
+        peers.stop()
         directory.stop()
         database.dispose()
     return 0

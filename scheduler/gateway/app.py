@@ -10,14 +10,16 @@ from prometheus_client import CollectorRegistry
 
 from scheduler.api.errors import install_error_handlers
 from scheduler.errors import ConfigError
+from scheduler.gateway.asgi import GatewayApp
 from scheduler.gateway.body_limit import BodySizeLimit
+from scheduler.gateway.clients import UPSTREAM_CLIENTS
 from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.core import Gateway
+from scheduler.gateway.peers import GatewayPeers
 from scheduler.gateway.replicas import ReplicaDirectory
 from scheduler.gateway.routes import health, inference, models, usage
 from scheduler.gateway.routes.admin import admin_router
 from scheduler.gateway.routing import POLICIES
-from scheduler.gateway.upstream import UPSTREAM_CLIENTS
 from scheduler.observability.metrics import create_metrics
 from scheduler.settings import Settings
 from scheduler.tenancy import TenancyService
@@ -32,12 +34,14 @@ def create_app(
     admin_token: str,
     extra_routers: Sequence[APIRouter] = (),
     config: GatewayConfig | None = None,
+    peers: GatewayPeers | None = None,
 ) -> FastAPI:
     """Build the OpenAI-compatible gateway.
 
     settings: data_dir (usage WAL), body limit and upstream timeouts (see GatewayConfig).
     tenancy: tenants, keys and usage storage. directory: the runtime's replicas.
     registry: where metrics are registered and /metrics reads (a fresh one if None).
+    peers: the gateways sharing the tenants' limits (None: this one alone).
     admin_token: guards /admin/v1/*. extra_routers: mounted as they are (e.g. inventory admin).
     """
     if not admin_token:
@@ -61,6 +65,7 @@ def create_app(
         create_metrics(registry),
         POLICIES[config.routing_policy](),
         registry,
+        peers=peers,
     )
 
     @asynccontextmanager
@@ -71,12 +76,13 @@ def create_app(
         finally:
             await gateway.shutdown()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="cunliang gateway",
         version="0.1.0",
         description="OpenAI-compatible inference API over the cunliang fleet.",
         lifespan=lifespan,
     )
+    app.gateway = gateway
     app.state.gateway = gateway
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_body_bytes)
@@ -89,5 +95,4 @@ def create_app(
         *extra_routers,
     ):
         app.include_router(router)
-    inference.lean_dispatch(app.router.routes)
     return app

@@ -15,7 +15,7 @@ class GatewayConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 600.0
     routing_policy: str = "least_outstanding"
-    upstream_client: str = "aiohttp"  # or "httpx" (see gateway.upstream)
+    upstream_client: str = "h1"  # or "aiohttp", "httpx" (see gateway.clients)
     max_attempts: int = 3  # replicas tried per request before 503 (only before first byte)
     auth_cache_ttl_s: float = 5.0
     usage_flush_interval_s: float = 0.05

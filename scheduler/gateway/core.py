@@ -12,18 +12,19 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
+import secrets
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+from starlette.types import Receive
 
 from scheduler.api.auth import bearer_token
 from scheduler.api.errors import error_response
@@ -34,14 +35,20 @@ from scheduler.errors import (
     InvalidInput,
     ModelNotFound,
     NoCapacity,
+    PayloadTooLarge,
 )
+from scheduler.gateway.clients import UPSTREAM_CLIENTS
 from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.limits import Admission, Permit
 from scheduler.gateway.load import LoadTicket, ReplicaLoad, cost_yuan
 from scheduler.gateway.metering import UsageWriter
+from scheduler.gateway.meters import MetricChildren
+from scheduler.gateway.peers import GatewayPeers
 from scheduler.gateway.replicas import ReplicaDirectory, ReplicaEndpoint
 from scheduler.gateway.routing import RoutingPolicy, RoutingSnapshot, eligible
+from scheduler.gateway.schemas import ChatCompletionRequest, CompletionRequest, plainly_valid
 from scheduler.gateway.sse import (
+    COMPACT_JSON,
     StreamTally,
     error_event,
     inspect_block,
@@ -51,16 +58,27 @@ from scheduler.gateway.sse import (
 )
 from scheduler.gateway.streaming import EventStreamResponse
 from scheduler.gateway.upstream import (
-    UPSTREAM_CLIENTS,
     UpstreamClient,
     UpstreamError,
     UpstreamLimits,
     UpstreamResponse,
 )
 from scheduler.observability.metrics import Metrics
-from scheduler.tenancy import Principal, TenancyService, UsageRecord
+from scheduler.tenancy import Principal, TenancyService, Tenant, UsageRecord
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_LABEL = "unknown"  # metric label for unknown models / unauthenticated callers
+
+# the inference endpoints: {path: (request schema, whether it is the chat API)}
+INFERENCE_PATHS: dict[str, tuple[type[BaseModel], bool]] = {
+    "/v1/chat/completions": (ChatCompletionRequest, True),
+    "/v1/completions": (CompletionRequest, False),
+}
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived (nothing to answer)."""
 
 
 @dataclass
@@ -94,6 +112,7 @@ class Gateway:
         policy: RoutingPolicy,
         registry: CollectorRegistry,
         *,
+        peers: GatewayPeers | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -106,7 +125,9 @@ class Gateway:
         self.clock = clock
         self.wall_clock = wall_clock
         self.load = ReplicaLoad()
-        self.admission = Admission(clock, wall_clock)
+        self.admission = Admission(clock, wall_clock, peers)
+        self._reloading: set[int] = set()  # tenants whose budget ledger is being reloaded
+        self._background: set[asyncio.Task[None]] = set()
         self.writer = UsageWriter(
             tenancy,
             config.wal_dir,
@@ -116,6 +137,13 @@ class Gateway:
         )
         self._client: UpstreamClient | None = None
         self._sequence = itertools.count()
+        # request ids: 64 random bits per process start + a counter (unique across gateway
+        # processes and restarts without a random draw per request)
+        self._id_prefix = f"req-{secrets.token_hex(8)}-"
+        self._ids = itertools.count()
+        self._children = MetricChildren(metrics)
+        self._indexed: Sequence[ReplicaEndpoint] | None = None  # snapshot _ready_by_model is of
+        self._ready_by_model: dict[str, tuple[ReplicaEndpoint, ...]] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -154,32 +182,69 @@ class Gateway:
 
     # ---- the request path --------------------------------------------------------------
 
-    async def handle(self, request: Request, path: str, schema: type[BaseModel]) -> Response:
-        """Serve one inference request (``path`` = the engine path, e.g. /v1/completions)."""
+    async def handle(self, path: str, authorization: str | None, receive: Receive) -> Response:
+        """Serve one inference request (``path`` = the engine path, e.g. /v1/completions):
+        authenticate, then read and validate the body, admit, route and forward."""
         ex = Exchange(
-            request_id="req-" + uuid.uuid4().hex,
+            request_id=f"{self._id_prefix}{next(self._ids):x}",
             started_s=self.clock(),
             created_at=self.wall_clock(),
         )
         try:
-            ex.principal = await self.authenticate(request.headers.get("authorization"))
-            body = _parse_body(await request.body(), schema)
+            ex.principal = await self.authenticate(authorization)
+            raw = await self._read_body(receive)
+            body = _parse_body(raw, path)
             self._describe(ex, body)
             await self._admit(ex)
-            return await self._forward(ex, path, body)
+            return await self._forward(ex, path, body, raw)
         except (CunliangError, RequestValidationError) as exc:
             self.finish(ex, getattr(exc, "status_code", 422))
+            raise
+        except ClientGone:
+            self.finish(ex, 499)
             raise
         except BaseException:
             self.finish(ex, 500)
             raise
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole request body; PayloadTooLarge past the limit (chunked bodies have no
+        Content-Length to check up front), ClientGone if the client went away."""
+        limit = self.config.max_request_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body larger than {limit} bytes.")
+            if not message.get("more_body", False):
+                if not chunks:
+                    return bytes(chunk)
+                chunks.append(chunk)
+                return b"".join(chunks)
+            chunks.append(chunk)
 
     def _describe(self, ex: Exchange, body: dict[str, Any]) -> None:
         ex.model = body["model"]
         ex.stream = bool(body.get("stream"))
         options = body.get("stream_options") or {}
         ex.want_usage = ex.stream and bool(options.get("include_usage"))
-        ex.model_known = any(r.model == ex.model for r in self.directory.replicas())
+        ex.model_known = self._ready(ex.model) is not None
+
+    def _ready(self, model: str) -> tuple[ReplicaEndpoint, ...] | None:
+        """The ready replicas of ``model`` (maybe none), or None if no replica serves it in
+        any state. Indexed once per directory snapshot (an immutable tuple, swapped whole)."""
+        replicas = self.directory.replicas()
+        if replicas is not self._indexed:
+            self._indexed = replicas
+            # {model: ready replicas} of the models this snapshot knows: never grows with
+            # the model names clients send
+            self._ready_by_model = {r.model: eligible(replicas, r.model) for r in replicas}
+        return self._ready_by_model.get(model)
 
     async def _admit(self, ex: Exchange) -> None:
         assert ex.principal is not None
@@ -190,19 +255,33 @@ class Gateway:
             )
         if not tenant.may_use(ex.model):
             raise Forbidden(f"Tenant {tenant.name!r} may not use model '{ex.model}'.")
-        if not eligible(self.directory.replicas(), ex.model):
+        if not self._ready(ex.model):
             raise NoCapacity(
                 f"No ready replica of '{ex.model}' right now.",
                 retry_after_s=self.config.no_replica_retry_after_s,
             )
-        if self.admission.needs_ledger(tenant):
+        need = self.admission.ledger_need(tenant)
+        if need == "load":
             await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+        elif need == "reload" and tenant.id not in self._reloading:
+            self._reloading.add(tenant.id)
+            task = asyncio.create_task(self._reload_ledger(tenant))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         ex.permit = self.admission.admit(tenant)
 
+    async def _reload_ledger(self, tenant: Tenant) -> None:
+        """Reload a tenant's budget counters from the database (other gateways' usage)."""
+        try:
+            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+        except Exception:  # the old ledger stays; the next request tries again
+            log.exception("reloading the budget ledger of tenant %s failed", tenant.name)
+        finally:
+            self._reloading.discard(tenant.id)
+
     def _pick(self, ex: Exchange, tried: set[str]) -> ReplicaEndpoint | None:
-        candidates = tuple(
-            r for r in eligible(self.directory.replicas(), ex.model) if r.id not in tried
-        )
+        ready = self._ready(ex.model) or ()
+        candidates = tuple(r for r in ready if r.id not in tried) if tried else ready
         snapshot = RoutingSnapshot(
             ex.model, candidates, self.load.outstanding(), next(self._sequence)
         )
@@ -213,25 +292,24 @@ class Gateway:
         ex.replica = replica
         ex.rename = model_rewriter(replica.engine_model, ex.model)
         ex.ticket = self.load.start(replica.id, self.clock())
-        self._outstanding_gauge(replica).inc()
+        self._children.outstanding(replica).inc()
 
     def _detach(self, ex: Exchange) -> float:
         """Release the replica; returns the request's busy share in seconds."""
         share = 0.0
         if ex.ticket is not None and ex.replica is not None:
             share = self.load.finish(ex.ticket, self.clock())
-            self._outstanding_gauge(ex.replica).dec()
+            self._children.outstanding(ex.replica).dec()
         ex.ticket = None
         return share
 
-    def _outstanding_gauge(self, r: ReplicaEndpoint) -> Any:
-        return self.metrics.replica_outstanding.labels(r.id, r.model, r.device_class, r.site)
-
-    async def _forward(self, ex: Exchange, path: str, body: dict[str, Any]) -> Response:
-        if ex.stream:
-            options = dict(body.get("stream_options") or {})
-            options["include_usage"] = True  # always meter exactly; dropped for the client
-            body["stream_options"] = options
+    async def _forward(self, ex: Exchange, path: str, body: dict[str, Any], raw: bytes) -> Response:
+        # the client's bytes go upstream as they are unless something must change: the
+        # engine's model name, or include_usage (always asked for, to meter exactly; the
+        # usage event is dropped for a client that did not ask)
+        as_sent = not ex.stream or (body.get("stream_options") or {}).get("include_usage") is True
+        if not as_sent:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         tried: set[str] = set()
         failure = "no ready replica"
         for _ in range(self.config.max_attempts):
@@ -240,9 +318,13 @@ class Gateway:
                 break
             tried.add(replica.id)
             self._attach(ex, replica)
-            body["model"] = replica.engine_model
+            if as_sent and replica.engine_model == ex.model:
+                payload = raw
+            else:
+                body["model"] = replica.engine_model
+                payload = COMPACT_JSON.encode(body).encode()
             try:
-                response = await self._attempt(ex, replica, path, body)
+                response = await self._attempt(ex, replica, path, payload)
             except _RetryElsewhere as retry:
                 self._detach(ex)
                 ex.tally, ex.first_token_s = StreamTally(), None  # nothing of it was sent
@@ -256,10 +338,9 @@ class Gateway:
         )
 
     async def _attempt(
-        self, ex: Exchange, replica: ReplicaEndpoint, path: str, body: dict[str, Any]
+        self, ex: Exchange, replica: ReplicaEndpoint, path: str, payload: bytes
     ) -> Response:
         """One try on one replica. Raises _RetryElsewhere while nothing reached the client."""
-        payload = json.dumps(body, separators=(",", ":")).encode()
         try:
             upstream = await self.client.post(replica.base_url + path, payload)
         except UpstreamError as exc:
@@ -373,22 +454,21 @@ class Gateway:
             self.admission.release(ex.permit, prompt_tokens + completion_tokens)
         model_label = ex.model if ex.model_known else UNKNOWN_LABEL
         tenant_label = ex.principal.tenant.name if ex.principal else UNKNOWN_LABEL
-        m = self.metrics
-        m.requests.labels(model_label, tenant_label, str(status)).inc()
+        children = self._children
+        children.requests(model_label, tenant_label, status).inc()
         if ex.principal is None:
             return
         if replica is not None:
-            labels = (model_label, replica.device_class, replica.site, tenant_label)
-            m.prompt_tokens.labels(*labels).inc(prompt_tokens)
-            m.completion_tokens.labels(*labels).inc(completion_tokens)
-            m.cost_yuan.labels(*labels).inc(cost)
-            m.e2e_latency_s.labels(model_label).observe(latency_s)
+            tokens = children.tokens(model_label, replica, tenant_label)
+            tokens.prompt.inc(prompt_tokens)
+            tokens.completion.inc(completion_tokens)
+            tokens.cost_yuan.inc(cost)
+            latency = children.latency(model_label)
+            latency.e2e.observe(latency_s)
             if ttft_s is not None:
-                m.ttft_s.labels(model_label).observe(ttft_s)
+                latency.ttft.observe(ttft_s)
                 if completion_tokens > 1:
-                    m.tpot_s.labels(model_label).observe(
-                        (latency_s - ttft_s) / (completion_tokens - 1)
-                    )
+                    latency.tpot.observe((latency_s - ttft_s) / (completion_tokens - 1))
         tenant_id = ex.principal.tenant.id
         self.writer.submit(
             UsageRecord(
@@ -423,13 +503,17 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def _parse_body(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
-    """The request JSON as a dict, validated against ``schema`` (400 malformed, 422 invalid).
-    The dict itself is forwarded, so unknown sampling parameters pass through unchanged."""
+def _parse_body(raw: bytes, path: str) -> dict[str, Any]:
+    """The request JSON as a dict, validated against the path's schema (400 malformed, 422
+    invalid). The dict itself is forwarded, so unknown sampling parameters pass through
+    unchanged. Bodies of plainly valid JSON types skip pydantic (see plainly_valid)."""
+    schema, chat = INFERENCE_PATHS[path]
     try:
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidInput(f"Malformed JSON body: {exc}.") from exc
+    if type(body) is dict and plainly_valid(body, chat=chat):
+        return body
     try:
         schema.model_validate(body)
     except ValidationError as exc:

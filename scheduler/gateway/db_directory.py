@@ -1,20 +1,29 @@
-"""A ReplicaDirectory fed from the runtime table, for gateways outside the scheduler.
+"""What a gateway outside the scheduler reads from the shared database, in threads.
 
-A background thread reloads the table every ``refresh_s`` into a ``ReplicaTable``; reads
-never touch the database. A row the scheduler has not refreshed for ``stale_after_s`` is
-served as ``unhealthy`` (the scheduler may be gone; its engines may be too).
+``DbReplicaDirectory``: a background thread reloads the runtime table every ``refresh_s``
+into a ``ReplicaTable``; reads never touch the database. A row the scheduler has not
+refreshed for ``stale_after_s`` is served as ``unhealthy`` (the scheduler may be gone; its
+engines may be too). ``DbGatewayPeers``: this gateway's heartbeat and the count of live
+gateways, which split the tenants' limits (``gateway.peers``).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
-from scheduler.store.runtime import EndpointRecord, load_endpoints
+from scheduler.store.runtime import (
+    EndpointRecord,
+    gateway_heartbeat,
+    live_gateways,
+    load_endpoints,
+    remove_gateways,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +86,63 @@ class DbReplicaDirectory:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+
+class DbGatewayPeers:
+    """Heartbeats this gateway into ``gateway_instances`` every ``heartbeat_s`` and counts
+    the rows refreshed within ``live_within_s`` (a thread; reads never touch the database).
+
+    A gateway that dies without stopping keeps counting for ``live_within_s``: meanwhile
+    the others enforce smaller shares than they could (limits stay held, never exceeded).
+    """
+
+    def __init__(
+        self,
+        sessions: Any,
+        *,
+        heartbeat_s: float = 2.0,
+        live_within_s: float = 10.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.id = f"gw-{secrets.token_hex(8)}"
+        self._sessions = sessions
+        self._heartbeat_s = heartbeat_s
+        self._live_within = timedelta(seconds=live_within_s)
+        self._clock = clock
+        self._share = (0, 1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway-peers", daemon=True)
+
+    def share(self) -> tuple[int, int]:
+        return self._share  # a tuple swapped whole by the thread: no lock to read
+
+    def refresh(self) -> None:
+        now = self._clock()
+        with self._sessions.begin() as session:
+            gateway_heartbeat(session, self.id, now)
+        with self._sessions() as session:
+            live = live_gateways(session, now - self._live_within)
+        if self.id not in live:  # just written, so only a lost write drops it: count us
+            live = sorted([*live, self.id])
+        self._share = (live.index(self.id), len(live))
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            try:
+                self.refresh()
+            except Exception:  # keep the last share through database hiccups
+                log.exception("gateway heartbeat failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            with self._sessions.begin() as session:
+                remove_gateways(session, self.id, self._clock() - 10 * self._live_within)
+        except Exception:  # the others stop counting us after live_within_s anyway
+            log.exception("removing the gateway heartbeat failed")

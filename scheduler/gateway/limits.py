@@ -1,16 +1,25 @@
 """Admission control per tenant: rate limits (token buckets), concurrency, budgets.
 
-All in-process state, used from the event loop only. With several gateway processes each
-enforces its own share (rates and concurrency per process; budgets from the shared usage
-table at load plus what this process recorded since), so set limits per process.
+State lives in the gateway process, used from the event loop only. Several gateways serving
+the same tenants split every limit between them (``GatewayPeers``: N live gateways, this one
+of rank r), so the limits hold across all of them without a database round trip per request:
 
-- requests_per_s: bucket of capacity max(1, rate) refilled at ``rate``; one token a request.
-- tokens_per_min: bucket of capacity ``tpm`` refilled at ``tpm/60``; a request is admitted
-  while the balance is positive and debited its real tokens when it ends (so the balance can
-  go negative, and Retry-After is the time to refill the deficit).
-- max_concurrent: requests in flight.
-- budgets: tokens / yuan per UTC day and month, from recorded usage; the ledger is loaded from
-  the database on a tenant's first request and updated on every record.
+- requests_per_s: bucket refilled at ``rate / N``, capacity max(1, rate / N); one token a
+  request (so N gateways together admit at most ``rate`` per second, plus a burst of one
+  request per gateway).
+- tokens_per_min: bucket of capacity ``tpm / N`` refilled at ``tpm / 60 / N``; a request is
+  admitted while the balance is positive and debited its real tokens when it ends (so the
+  balance can go negative, and Retry-After is the time to refill the deficit).
+- max_concurrent: requests in flight, ``split_limit(max_concurrent, N, r)`` per gateway (the
+  shares add up to the limit exactly; with fewer slots than gateways some gateways get
+  none and answer 429 while another has a free slot: the limit is never exceeded).
+- budgets: tokens / yuan per UTC day and month, from recorded usage; the ledger is loaded
+  from the database on a tenant's first request, updated on every local record and
+  reloaded every ``ledger_refresh_s`` (so other gateways' usage counts within that time
+  plus their usage flush interval).
+
+A gateway that sees a tenant's whole traffic still enforces only its share: keep client
+connections spread over the gateways (the Service does) or run one gateway.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from scheduler.errors import RateLimited
+from scheduler.gateway.peers import Alone, GatewayPeers
 from scheduler.tenancy import Tenant, TenantLimits
 
 
@@ -113,13 +123,23 @@ def has_budget(limits: TenantLimits) -> bool:
     )
 
 
+def split_limit(limit: int, gateways: int, rank: int) -> int:
+    """This gateway's part of an integer limit: the parts of ranks 0..gateways-1 add up to
+    ``limit`` exactly (the first ``limit % gateways`` ranks take one more)."""
+    return limit // gateways + (1 if rank < limit % gateways else 0)
+
+
 @dataclass
 class _TenantState:
     limits: TenantLimits
+    share: tuple[int, int]  # (rank, gateways) the buckets were sized for
     requests: TokenBucket | None
     tokens: TokenBucket | None
+    max_concurrent: int | None
+    budgeted: bool  # any budget set: a ledger is kept
     in_flight: int = 0
     ledger: BudgetLedger | None = None
+    ledger_loaded_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -133,45 +153,69 @@ UsageLoader = Callable[[int, datetime], tuple[int, float]]  # (tenant_id, since)
 class Admission:
     """Decides whether a tenant's request may go upstream now; raises RateLimited if not."""
 
-    def __init__(self, clock: Callable[[], float], wall_clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], datetime],
+        peers: GatewayPeers | None = None,
+        *,
+        ledger_refresh_s: float = 10.0,
+    ) -> None:
         self._clock = clock
         self._wall_clock = wall_clock
+        self._peers = peers or Alone()
+        self._ledger_refresh_s = ledger_refresh_s
         self._tenants: dict[int, _TenantState] = {}  # {tenant_id: state}
 
     def _state(self, tenant: Tenant) -> _TenantState:
         state = self._tenants.get(tenant.id)
-        if state is None or state.limits != tenant.limits:
+        share = self._peers.share()
+        if state is None or state.limits != tenant.limits or state.share != share:
             now_s = self._clock()
             lim = tenant.limits
-            ledger = state.ledger if state else None
+            rank, gateways = share
+            rps = lim.requests_per_s / gateways if lim.requests_per_s else 0.0
+            tpm = lim.tokens_per_min / gateways if lim.tokens_per_min else 0.0
             state = _TenantState(
                 limits=lim,
-                requests=TokenBucket(lim.requests_per_s, max(1.0, lim.requests_per_s), now_s)
-                if lim.requests_per_s
+                share=share,
+                requests=TokenBucket(rps, max(1.0, rps), now_s) if rps else None,
+                tokens=TokenBucket(tpm / 60.0, tpm, now_s) if tpm else None,
+                max_concurrent=split_limit(lim.max_concurrent, gateways, rank)
+                if lim.max_concurrent is not None
                 else None,
-                tokens=TokenBucket(lim.tokens_per_min / 60.0, lim.tokens_per_min, now_s)
-                if lim.tokens_per_min
-                else None,
+                budgeted=has_budget(lim),
                 in_flight=state.in_flight if state else 0,
-                ledger=ledger,
+                ledger=state.ledger if state else None,
+                ledger_loaded_s=state.ledger_loaded_s if state else 0.0,
             )
             self._tenants[tenant.id] = state
         return state
 
-    def needs_ledger(self, tenant: Tenant) -> bool:
-        return has_budget(tenant.limits) and self._state(tenant).ledger is None
+    def ledger_need(self, tenant: Tenant) -> str | None:
+        """ "load": budgets to check and no ledger yet (load it before admitting); "reload":
+        the ledger is older than ``ledger_refresh_s`` (admission goes on meanwhile)."""
+        state = self._state(tenant)
+        if not state.budgeted:
+            return None
+        if state.ledger is None:
+            return "load"
+        if self._clock() - state.ledger_loaded_s >= self._ledger_refresh_s:
+            return "reload"
+        return None
 
     def load_ledger(self, tenant: Tenant, loader: UsageLoader) -> None:
         """Load budget counters from recorded usage (blocking: call from a worker thread)."""
         now = self._wall_clock()
+        loaded_s = self._clock()
         day_tok, day_yuan = loader(tenant.id, day_start(now))
         month_tok, month_yuan = loader(tenant.id, month_start(now))
         ledger = BudgetLedger(
             day_start(now), month_start(now), day_tok, day_yuan, month_tok, month_yuan
         )
         state = self._state(tenant)
-        if state.ledger is None:  # another request may have loaded it meanwhile
-            state.ledger = ledger
+        if state.ledger is None or state.ledger_loaded_s < loaded_s:
+            state.ledger, state.ledger_loaded_s = ledger, loaded_s
 
     def admit(self, tenant: Tenant) -> Permit:
         state = self._state(tenant)
@@ -186,9 +230,7 @@ class Admission:
                     retry_after_s=over[1],
                     fix="wait for the budget period to reset or ask the operator to raise it.",
                 )
-        if state.limits.max_concurrent is not None and (
-            state.in_flight >= state.limits.max_concurrent
-        ):
+        if state.max_concurrent is not None and state.in_flight >= state.max_concurrent:
             raise RateLimited(
                 f"Too many concurrent requests (limit {state.limits.max_concurrent}).",
                 retry_after_s=1.0,

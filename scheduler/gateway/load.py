@@ -17,6 +17,7 @@ request remembers A at its start; its share is A(end) − A(start).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -43,10 +44,11 @@ class ReplicaLoad:
 
     def __init__(self) -> None:
         self._accounts: dict[str, _ReplicaAccount] = {}  # {replica_id: account}
+        self._in_flight: dict[str, int] = {}  # {replica_id: in-flight requests}
 
-    def outstanding(self) -> dict[str, int]:
-        """{replica_id: in-flight requests} for replicas with any history."""
-        return {rid: a.in_flight for rid, a in self._accounts.items()}
+    def outstanding(self) -> Mapping[str, int]:
+        """{replica_id: in-flight requests} for replicas with any history (a live view)."""
+        return self._in_flight
 
     def in_flight(self, replica_id: str) -> int:
         account = self._accounts.get(replica_id)
@@ -56,6 +58,7 @@ class ReplicaLoad:
         account = self._accounts.setdefault(replica_id, _ReplicaAccount(updated_at_s=now_s))
         account.advance(now_s)
         account.in_flight += 1
+        self._in_flight[replica_id] = account.in_flight
         return LoadTicket(replica_id, account.integral_s)
 
     def finish(self, ticket: LoadTicket, now_s: float) -> float:
@@ -63,6 +66,7 @@ class ReplicaLoad:
         account = self._accounts[ticket.replica_id]
         account.advance(now_s)
         account.in_flight = max(0, account.in_flight - 1)
+        self._in_flight[ticket.replica_id] = account.in_flight
         return max(0.0, account.integral_s - ticket.integral_at_start_s)
 
 

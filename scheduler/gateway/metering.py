@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from scheduler.errors import ConfigError
 from scheduler.tenancy import UsageRecord
@@ -39,20 +39,32 @@ class UsageSink(Protocol):
     def record_usage(self, records: Sequence[UsageRecord]) -> int: ...
 
 
+# a WAL line is a JSON array of the record's fields in this order (a third of the CPU of a
+# JSON object with keys); lines written as objects by older gateways still replay
+_ORDER = tuple(f.name for f in fields(UsageRecord))
+_CREATED_AT = _ORDER.index("created_at")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(record: UsageRecord) -> bytes:
-    data = dict(vars(record))  # flat record of scalars: no need for asdict's deep copy
-    data["created_at"] = record.created_at.isoformat()
-    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+    values = list(vars(record).values())  # a dataclass's __dict__ keeps the field order
+    values[_CREATED_AT] = record.created_at.isoformat()
+    return (_ENCODER.encode(values) + "\n").encode()
 
 
 def decode(line: bytes) -> UsageRecord | None:
     """A record from one WAL line, or None for a torn/garbled line (a write cut by power loss)."""
     try:
-        data: dict[str, Any] = json.loads(line)
-        data = {k: v for k, v in data.items() if k in _FIELDS}
+        value = json.loads(line)
+        if isinstance(value, list):
+            if len(value) != len(_ORDER):
+                return None
+            data = dict(zip(_ORDER, value, strict=True))
+        else:
+            data = {k: v for k, v in value.items() if k in _FIELDS}
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         return UsageRecord(**data)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
 

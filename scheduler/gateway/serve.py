@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from scheduler.errors import ConfigError
 from scheduler.gateway.app import create_app
@@ -21,6 +23,21 @@ from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
 from scheduler.settings import Settings
 from scheduler.store.tenancy import session_factory
 from scheduler.tenancy import TenancyService
+
+# uvicorn options every gateway entry point uses: uvloop's event loop and httptools' parser
+# (what bench/gateway.py measures); no access log (Prometheus counts the requests)
+SERVER_OPTIONS: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "access_log": False}
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: a proxy holds two sockets per request
+    in flight (client and engine), and the usual soft limit of 1,024 would cap it at ~500
+    concurrent streams. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def load_replicas(path: Path) -> list[ReplicaEndpoint]:
@@ -39,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--usage-flush-interval-s", type=float, default=0.05, help="WAL to database batching"
     )
-    parser.add_argument("--upstream-client", default="aiohttp", choices=("aiohttp", "httpx"))
+    parser.add_argument("--upstream-client", default="h1", choices=("h1", "aiohttp", "httpx"))
     args = parser.parse_args(argv)
     settings = Settings()
     if not settings.admin_token:
@@ -60,15 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin_token=settings.admin_token,
         config=config,
     )
+    raise_open_files_limit()
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
         proxy_headers=False,  # the gateway is the edge; X-Forwarded-* is not trusted here
+        **SERVER_OPTIONS,
     )
     return 0
 

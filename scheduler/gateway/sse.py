@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DONE_EVENT = b"data: [DONE]\n\n"
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) builds one a call
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_DELTA = (b'"content":""', b'"text":""', b'"content": ""', b'"text": ""')
 
@@ -72,7 +73,7 @@ def _inspect_event(
     if not choices:
         return None, False
     payload.pop("usage", None)  # continuous usage in a content event: strip it for the client
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n", True
+    return b"data: " + COMPACT_JSON.encode(payload).encode() + b"\n\n", True
 
 
 def _payload(event: bytes) -> dict[str, Any] | None:
@@ -106,7 +107,7 @@ def inspect_block(
     tally.events += n_events
     if _USAGE.search(block) is None and b"[DONE]" not in block and b'"error"' not in block:
         # fast path: plain content events, forwarded as they are
-        empty = sum(block.count(e) for e in _EMPTY_DELTA)
+        empty = sum(block.count(e) for e in _EMPTY_DELTA) if b'""' in block else 0
         tally.content_events += max(0, n_events - empty)
         return rewrite(block, rename) if rename else block
     out: list[bytes] = []
@@ -121,7 +122,7 @@ def inspect_block(
 
 def error_event(message: str, code: str = "upstream_disconnected") -> bytes:
     body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + COMPACT_JSON.encode(body).encode() + b"\n\n"
 
 
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*')

@@ -1,16 +1,17 @@
 """HTTP clients for talking to engines, behind one small Protocol.
 
-Two implementations, one shared pooled client per app (created in the lifespan):
-``httpx`` (httpx.AsyncClient) and ``aiohttp`` (aiohttp.ClientSession). Both give the proxy the
-same thing: a status code, the whole body, or the raw (de-chunked, not decoded) body chunks
-as they arrive. Transport failures surface as ``UpstreamError`` so the proxy can tell "retry
-elsewhere" from everything else. aiohttp is the default because it costs less CPU per
-request (see bench/gateway.py, where both are measured); httpx stays selectable.
+One shared pooled client per app (created in the lifespan), chosen by name in
+``gateway.clients``: the gateway's own HTTP/1.1 client (``gateway.h1``, the default), or the
+adapters here over ``httpx`` (httpx.AsyncClient) and ``aiohttp`` (aiohttp.ClientSession).
+All give the proxy the same thing: a status code, the whole body, or the raw (de-chunked,
+not decoded) body chunks as they arrive. Transport failures surface as ``UpstreamError`` so
+the proxy can tell "retry elsewhere" from everything else. bench/gateway_clients.py
+measures the three side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -154,9 +155,3 @@ class AiohttpUpstream:
 
     async def aclose(self) -> None:
         await self._session.close()
-
-
-UPSTREAM_CLIENTS: Mapping[str, Callable[[UpstreamLimits], UpstreamClient]] = {
-    "aiohttp": AiohttpUpstream,
-    "httpx": HttpxUpstream,
-}

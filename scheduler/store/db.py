@@ -26,7 +26,7 @@ from scheduler.errors import ConfigError
 
 # Newest revision under migrations/versions (tests/inventory/test_store.py checks it
 # against Alembic's head): lets every CLI call skip importing Alembic when up to date.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 # SQLite waits this long for a competing writer before failing with "database is locked"
 SQLITE_BUSY_TIMEOUT_S = 30.0

@@ -3,7 +3,8 @@
 The scheduler's reconciler publishes every replica it runs (one row each); gateways read
 the table to route. ``updated_at`` is the scheduler's heartbeat: gateways treat rows that
 have not been refreshed for a while as unhealthy, so a dead scheduler cannot leave stale
-routes behind.
+routes behind. Each gateway process also heartbeats one ``gateway_instances`` row: the live
+gateways split every tenant's rate and concurrency limits between them.
 """
 
 from __future__ import annotations
@@ -76,3 +77,30 @@ def load_endpoints(session: Session) -> list[EndpointRecord]:
         )
         for r in rows
     ]
+
+
+class GatewayInstanceRow(Base):
+    __tablename__ = "gateway_instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+def gateway_heartbeat(session: Session, gateway_id: str, now: datetime) -> None:
+    """Record that ``gateway_id`` is alive at ``now`` (the caller commits)."""
+    session.merge(GatewayInstanceRow(id=gateway_id, heartbeat_at=now))
+
+
+def live_gateways(session: Session, since: datetime) -> list[str]:
+    """Ids of the gateways that heartbeat at or after ``since``, sorted."""
+    query = select(GatewayInstanceRow.id).where(GatewayInstanceRow.heartbeat_at >= since)
+    return list(session.scalars(query.order_by(GatewayInstanceRow.id)))
+
+
+def remove_gateways(session: Session, gateway_id: str, stale_before: datetime) -> None:
+    """Drop ``gateway_id`` (stopping) and rows no one heartbeat since ``stale_before``."""
+    session.execute(
+        delete(GatewayInstanceRow).where(
+            (GatewayInstanceRow.id == gateway_id) | (GatewayInstanceRow.heartbeat_at < stale_before)
+        )
+    )

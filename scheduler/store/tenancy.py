@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     create_engine,
     event,
     func,
@@ -135,7 +136,8 @@ def insert_usage(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     known = existing_request_ids(session, list(unique))
     fresh = [r for rid, r in unique.items() if rid not in known]
     if fresh:
-        session.execute(insert(UsageRow), fresh)
+        # a Core executemany on the table: the ORM's bulk path costs ~40% more CPU per row
+        session.execute(insert(cast(Table, UsageRow.__table__)), fresh)
     return len(fresh)
 
 

@@ -78,7 +78,7 @@ class Harness:
 @pytest.fixture
 def upstream_client() -> str:
     """Which gateway.upstream client the app uses; tests parametrize it to cover both."""
-    return "aiohttp"
+    return "h1"
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,9 +17,10 @@ from hypothesis import strategies as st
 from scheduler.errors import RateLimited
 from scheduler.gateway.limits import Admission, BudgetLedger, TokenBucket
 from scheduler.gateway.load import ReplicaLoad, cost_yuan
-from scheduler.gateway.metering import UsageWriter
+from scheduler.gateway.metering import UsageWriter, decode, encode
 from scheduler.gateway.replicas import ReplicaEndpoint
 from scheduler.gateway.routing import POLICIES, RoutingSnapshot
+from scheduler.gateway.schemas import ChatCompletionRequest, CompletionRequest, plainly_valid
 from scheduler.gateway.sse import StreamTally, inspect_block, model_rewriter, usage_of_body
 from scheduler.store.tenancy import session_factory
 from scheduler.tenancy import TenancyService, TenantLimits, UsageRecord
@@ -197,3 +200,89 @@ def test_writer_keeps_records_in_the_wal_while_the_database_is_down(tmp_path: Pa
     asyncio.run(run())
     assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(10))
     assert not [p for p in (tmp_path / "wal").glob("usage-*.wal") if p.stat().st_size]
+
+
+def test_wal_lines_round_trip_and_older_object_lines_still_replay() -> None:
+    record = dataclasses.replace(
+        _record(3), model='we"ird\nmodel', ttft_ms=12.5, stream=True, key_id=None
+    )
+    assert decode(encode(record)) == record
+    legacy = {**vars(record), "created_at": record.created_at.isoformat(), "retired": 1}
+    assert decode(json.dumps(legacy).encode()) == record  # unknown keys are ignored
+    assert decode(encode(record)[:-9]) is None  # a torn write
+    assert decode(b"[1,2,3]") is None
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 20) | st.floats(-1, 3) | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_MESSAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.sampled_from(["user", "", 1]),
+        "content": st.none() | st.text(max_size=3) | st.lists(_JSON, max_size=2) | st.integers(),
+    },
+)
+# each field's pool mixes valid values with near misses (coercible, out of range, wrong type)
+_FIELDS = {
+    "model": st.sampled_from(["m", "", 7, "x" * 257, None]),
+    "stream": st.sampled_from([True, False, None, "true", 1]),
+    "stream_options": st.none()
+    | _JSON
+    | st.fixed_dictionaries(
+        {}, optional={"include_usage": st.sampled_from([True, False, "yes", None])}
+    ),
+    "max_tokens": st.sampled_from([None, 0, 1, 5, 2.0, True, "3"]),
+    "n": st.sampled_from([None, 0, 1, 16, 17, 2.0]),
+    "temperature": st.sampled_from([None, 0, 2, 2.5, -0.1, 1.0, "1", float("nan")]),
+    "top_p": st.sampled_from([None, 0, 0.5, 1, 1.5, True]),
+    "messages": st.lists(_MESSAGE | _JSON, max_size=3) | _JSON,
+    "max_completion_tokens": st.sampled_from([None, 0, 4, 4.0]),
+    "prompt": _JSON | st.lists(st.lists(st.integers(0, 9) | st.booleans(), max_size=2), max_size=2),
+    "top_k": _JSON,
+}
+_VALID = {"model": "m", "prompt": "p", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid body with a few fields replaced from the pools above (or dropped)."""
+    body: dict[str, Any] = dict(_VALID)
+    for name in draw(st.lists(st.sampled_from(sorted(_FIELDS)), max_size=3, unique=True)):
+        if draw(st.booleans()):
+            body[name] = draw(_FIELDS[name])
+        else:
+            body.pop(name, None)
+    return body
+
+
+@given(body=_bodies(), chat=st.booleans())
+def test_plainly_valid_accepts_only_what_the_schema_accepts(
+    body: dict[str, Any], chat: bool
+) -> None:
+    schema = ChatCompletionRequest if chat else CompletionRequest
+    if plainly_valid(body, chat=chat):
+        schema.model_validate(body)  # never raises: the fast path is a subset
+
+
+def test_plainly_valid_takes_what_openai_clients_send() -> None:
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_completion_tokens": 8,
+        "temperature": 0.7,
+        "top_p": 1,
+        "seed": 3,
+    }
+    assert plainly_valid(chat, chat=True)
+    assert plainly_valid({"model": "m", "prompt": [[1, 2], [3]], "n": 2}, chat=False)
+    assert not plainly_valid({"model": "m", "prompt": "x", "stream": "true"}, chat=False)

@@ -22,7 +22,7 @@ def usage_rows(h: Harness) -> list[UsageRow]:
         return list(session.scalars(select(UsageRow).order_by(UsageRow.id)))
 
 
-@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("upstream_client", ["h1", "aiohttp", "httpx"])
 def test_retry_before_first_byte_goes_to_other_replica(harness: Harness) -> None:
     client = harness.openai(harness.tenant("acme"))
     cheap = harness.upstreams[1]  # r1 is cheaper, so it is tried first
@@ -39,7 +39,7 @@ def test_retry_before_first_byte_goes_to_other_replica(harness: Harness) -> None
     ]
 
 
-@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("upstream_client", ["h1", "aiohttp", "httpx"])
 def test_connect_error_fails_over_and_all_failing_is_503(harness: Harness) -> None:
     dead = replica("dead", f"http://127.0.0.1:{free_port()}", yuan_per_hour=0.1)
     harness.table.set([dead, *harness.table.replicas()])
@@ -54,7 +54,7 @@ def test_connect_error_fails_over_and_all_failing_is_503(harness: Harness) -> No
     assert statuses == [200, 503]
 
 
-@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("upstream_client", ["h1", "aiohttp", "httpx"])
 def test_mid_stream_cut_sends_error_event_and_bills_streamed_tokens(harness: Harness) -> None:
     for u in harness.upstreams:
         u.behaviour.cut_after_events = 3
@@ -113,7 +113,7 @@ def test_least_outstanding_spreads_concurrent_load(harness: Harness) -> None:
     assert served[0] == 6 and served[1] == 6
 
 
-@pytest.mark.parametrize("upstream_client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("upstream_client", ["h1", "aiohttp", "httpx"])
 def test_usage_records_exact_and_unique(harness: Harness) -> None:
     client = harness.openai(harness.tenant("acme"))
     expected_completion = 0

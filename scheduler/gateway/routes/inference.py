@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
-from starlette.routing import request_response
+from starlette.types import Receive, Scope, Send
 
+from scheduler.gateway.asgi import serve_inference
 from scheduler.gateway.deps import gateway_of
 from scheduler.gateway.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -54,6 +54,22 @@ def _body_schema(model: type[ChatCompletionRequest | CompletionRequest]) -> dict
     }
 
 
+class _Served(Response):
+    """Hands the exchange to the gateway's ASGI handler (it reads the body itself)."""
+
+    def __init__(self, request: Request, path: str) -> None:
+        self.gateway = gateway_of(request)
+        self.path = path
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_inference(self.gateway, self.path, scope, receive, send)
+
+
+# GatewayApp serves these POSTs before FastAPI's routing (scheduler/gateway/asgi.py); the
+# routes declare the API for OpenAPI and serve the same handler when reached through it
+
+
 @router.post(
     "/v1/chat/completions",
     openapi_extra=_body_schema(ChatCompletionRequest),
@@ -61,8 +77,7 @@ def _body_schema(model: type[ChatCompletionRequest | CompletionRequest]) -> dict
     summary="Create a chat completion (OpenAI-compatible)",
 )
 async def chat_completions(request: Request) -> Response:
-    # no FastAPI dependencies on the hot path: auth and parsing happen inside handle()
-    return await gateway_of(request).handle(request, "/v1/chat/completions", ChatCompletionRequest)
+    return _Served(request, "/v1/chat/completions")
 
 
 @router.post(
@@ -72,18 +87,4 @@ async def chat_completions(request: Request) -> Response:
     summary="Create a text completion (OpenAI-compatible)",
 )
 async def completions(request: Request) -> Response:
-    return await gateway_of(request).handle(request, "/v1/completions", CompletionRequest)
-
-
-def lean_dispatch(routes: list[Any]) -> None:
-    """Serve the inference routes through Starlette's plain request wrapper.
-
-    The endpoints take only the Request (auth, parsing and validation happen in
-    Gateway.handle), so FastAPI's per-request dependency solving and query parsing is pure
-    overhead on the hottest path. The APIRoute objects stay, so the OpenAPI schema and the
-    routing table are unchanged; only the ASGI callable behind them is swapped.
-    """
-    hot = {"/v1/chat/completions", "/v1/completions"}
-    for route in routes:
-        if isinstance(route, APIRoute) and route.path in hot:
-            route.app = request_response(route.endpoint)
+    return _Served(request, "/v1/completions")

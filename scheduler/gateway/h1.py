@@ -1,0 +1,363 @@
+"""A lean HTTP/1.1 client for the gateway's one kind of upstream call (the default).
+
+The gateway sends one thing upstream: a JSON POST to an engine's OpenAI server, then reads
+the whole answer or relays its body pieces as they arrive. aiohttp and httpx do that with
+general machinery (cookie jars, redirects, tracing, auth, proxies, per-request objects) that
+costs more CPU than the rest of the gateway's request path together (bench/gateway.py and
+bench/gateway_clients.py measure the three). This client is an ``asyncio.Protocol`` per
+connection with httptools' response parser (what uvicorn uses for requests): one
+``writelines`` per request, body pieces de-chunked by the parser, keep-alive connections
+pooled per host (LIFO, at most ``max_connections`` open in all).
+
+Timeouts: ``connect_timeout_s`` for the TCP (and TLS) connect and for waiting on a free pool
+slot; ``read_timeout_s`` between two arrivals of response bytes (one timer per request,
+re-armed lazily, not per chunk). A reused keep-alive connection that the engine closed
+meanwhile (its keep-alive timeout) fails before any response byte; that request is sent
+once more on a fresh connection. A response body larger than ``_PAUSE_BYTES`` not yet
+consumed pauses reading from the engine (back-pressure for slow streaming clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import ssl
+from collections.abc import AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from scheduler.gateway.upstream import UpstreamError, UpstreamLimits, UpstreamResponse
+
+_PAUSE_BYTES = 256 * 1024  # unread response bytes above which reading from the engine pauses
+_JOIN_BYTES = 64 * 1024  # request bodies up to this are copied behind the head and sent whole
+Origin = tuple[str, str, int]  # (scheme, host, port)
+
+
+class _Disconnected(UpstreamError):
+    """The engine closed the connection (or it broke) before the response ended."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[Origin, bytes, bytes]:
+    """((scheme, host, port), request target, Host header) of an http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"unsupported upstream URL {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (parts.scheme, parts.hostname, port), target.encode(), parts.netloc.encode()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self, pool: H1Upstream, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.head: asyncio.Future[None] | None = None
+        self.body: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = False
+        self.framed = False  # Content-Length or chunked: the end is known without EOF
+        self.error: UpstreamError | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.paused = False
+        self.last_data_s = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is None:  # bytes while idle: not a response to anything we sent
+            self._close()
+            return
+        self.last_data_s = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed response: {exc}"))
+            self._close()
+
+    def eof_received(self) -> bool | None:
+        if self.head is not None and not self.framed and not self.complete:
+            self.on_message_complete()  # a body delimited by the connection's end
+        self.closed = True
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete:
+            self._fail(_Disconnected("ServerDisconnectedError"))
+        self.pool._forget(self)
+
+    def pause_writing(self) -> None:  # request bodies are bounded: the transport buffers
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ---- httptools callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, _value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > _PAUSE_BYTES and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+        self._cancel_timer()
+        self._wake()
+
+    # ---- request side -------------------------------------------------------------------
+
+    def send(self, target: bytes, host: bytes, body: bytes, read_timeout_s: float) -> None:
+        assert self.transport is not None
+        self.head = self.loop.create_future()
+        self.last_data_s = self.loop.time()
+        self.timer = self.loop.call_at(self.last_data_s + read_timeout_s, self._check_timeout)
+        head = (
+            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % (target, host, len(body))
+        )
+        if len(body) <= _JOIN_BYTES:  # one buffer, one send(2)
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
+
+    def _check_timeout(self) -> None:
+        timeout_s = self.pool.limits.read_timeout_s
+        if self.paused:  # the client is the slow side: wait on it, not on the engine
+            self.last_data_s = self.loop.time()
+        due_s = self.last_data_s + timeout_s
+        if self.loop.time() < due_s:  # bytes arrived since: re-arm for the new deadline
+            self.timer = self.loop.call_at(due_s, self._check_timeout)
+            return
+        self.timer = None
+        self._fail(UpstreamError("TimeoutError"))
+        self._close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved: a cut after the caller gave up is no warning
+        self._cancel_timer()
+        self._wake()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def next_piece(self) -> bytes | None:
+        """Every body byte that arrived and was not read yet (waits for at least one), or
+        None at the end of the body. Pieces that queued up while the reader was busy come
+        back as one: under load, one event read and one send downstream carry several."""
+        while not self.body:
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return None
+            self.wakeup = self.loop.create_future()
+            await self.wakeup
+            self.wakeup = None
+        body = self.body
+        piece = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return piece
+
+    def finish(self) -> None:
+        """Back to the pool if the exchange ended cleanly; closed otherwise."""
+        self._cancel_timer()
+        if self.complete and self.keep_alive and not self.closed and self.error is None:
+            self._reset()
+            self.reused = True
+            self.pool._release(self)
+        else:
+            self._close()
+            self.pool._forget(self)
+
+
+class _H1Response:
+    def __init__(self, connection: _Connection) -> None:
+        self._c = connection
+        self.status_code = connection.status
+        self._done = False
+
+    async def read(self) -> bytes:
+        pieces = []
+        while (piece := await self._c.next_piece()) is not None:
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (piece := await self._c.next_piece()) is not None:
+            yield piece
+
+    async def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._c.finish()
+
+
+class H1Upstream:
+    """The pooled client (``UpstreamClient``); one per gateway, used from its event loop."""
+
+    def __init__(self, limits: UpstreamLimits) -> None:
+        self.limits = limits
+        self._idle: dict[Origin, list[_Connection]] = {}  # {origin: idle connections, LIFO}
+        self._open: set[_Connection] = set()
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._ssl: ssl.SSLContext | None = None
+        self._closing = False
+
+    async def post(self, url: str, body: bytes) -> UpstreamResponse:
+        origin, target, host = _split(url)
+        connection = await self._acquire(origin)
+        try:
+            return await self._exchange(connection, target, host, body)
+        except _Disconnected:
+            if not connection.reused or connection.status:
+                raise
+        # the engine closed an idle keep-alive connection as we reused it: once more, fresh
+        return await self._exchange(await self._connect(origin), target, host, body)
+
+    async def _exchange(
+        self, connection: _Connection, target: bytes, host: bytes, body: bytes
+    ) -> UpstreamResponse:
+        if connection.closed:
+            raise _Disconnected("ServerDisconnectedError")
+        connection.send(target, host, body, self.limits.read_timeout_s)
+        assert connection.head is not None
+        try:
+            await connection.head
+        except BaseException:
+            connection.finish()
+            raise
+        return _H1Response(connection)
+
+    async def _acquire(self, origin: Origin) -> _Connection:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return await self._connect(origin)
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        if self._closing:
+            raise UpstreamError("client closed")
+        timeout_s = self.limits.connect_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(self._open) >= self.limits.max_connections:
+                    if not self._evict_idle():
+                        waiter = asyncio.get_running_loop().create_future()
+                        self._slot_waiters.append(waiter)
+                        await waiter
+                scheme, host, port = origin
+                connection = _Connection(self, origin)
+                self._open.add(connection)
+                try:
+                    await asyncio.get_running_loop().create_connection(
+                        lambda: connection,
+                        host,
+                        port,
+                        ssl=self._ssl_context() if scheme == "https" else None,
+                    )
+                except BaseException:
+                    self._forget(connection)
+                    raise
+        except TimeoutError as exc:
+            raise UpstreamError("ConnectTimeoutError") from exc
+        except OSError as exc:
+            raise UpstreamError(f"ClientConnectorError: {exc.strerror or exc}") from exc
+        return connection
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    def _evict_idle(self) -> bool:
+        """Close one idle connection (any host) to free a slot; False if none is idle."""
+        for idle in self._idle.values():
+            if idle:
+                connection = idle.pop(0)
+                connection._close()
+                self._forget(connection)
+                return True
+        return False
+
+    def _release(self, connection: _Connection) -> None:
+        if self._closing:
+            connection._close()
+            return
+        self._idle.setdefault(connection.origin, []).append(connection)
+        self._wake_slot_waiter()
+
+    def _forget(self, connection: _Connection) -> None:
+        if connection in self._open:
+            self._open.discard(connection)
+            idle = self._idle.get(connection.origin)
+            if idle and connection in idle:
+                idle.remove(connection)
+            self._wake_slot_waiter()
+
+    def _wake_slot_waiter(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for connection in list(self._open):
+            connection._close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports run connection_lost

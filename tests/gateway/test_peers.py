@@ -1,0 +1,162 @@
+"""Several gateways on one database split every tenant limit, so the limits hold across them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from scheduler.errors import RateLimited
+from scheduler.gateway.app import create_app
+from scheduler.gateway.config import GatewayConfig
+from scheduler.gateway.db_directory import DbGatewayPeers
+from scheduler.gateway.limits import Admission, split_limit
+from scheduler.gateway.replicas import ReplicaTable
+from scheduler.settings import Settings
+from scheduler.store.tenancy import session_factory
+from scheduler.tenancy import TenancyService, Tenant, TenantLimits
+from tests.fakes.openai_upstream import FakeUpstream, UpstreamBehaviour
+from tests.fakes.servers import serve_in_thread
+from tests.gateway.conftest import ADMIN_TOKEN, ENGINE_MODEL, MODEL, replica
+
+
+class FixedPeers:
+    def __init__(self, rank: int, count: int) -> None:
+        self.value = (rank, count)
+
+    def share(self) -> tuple[int, int]:
+        return self.value
+
+
+@given(limit=st.integers(0, 50), gateways=st.integers(1, 12))
+def test_split_limit_parts_add_up_to_the_limit(limit: int, gateways: int) -> None:
+    parts = [split_limit(limit, gateways, rank) for rank in range(gateways)]
+    assert sum(parts) == limit
+    assert max(parts) - min(parts) <= 1
+
+
+def _tenant(**limits: float | int) -> Tenant:
+    return Tenant(7, "t", ("*",), TenantLimits(**limits), False, datetime.now(UTC))
+
+
+def test_admission_enforces_this_gateways_share() -> None:
+    now = [0.0]
+    peers = FixedPeers(1, 3)
+    admission = Admission(lambda: now[0], lambda: datetime(2026, 1, 1, tzinfo=UTC), peers)
+    tenant = _tenant(max_concurrent=4, requests_per_s=6.0)
+    # rank 1 of 3 gets 4 // 3 = 1 slot (rank 0 gets the remainder's extra one)
+    admission.admit(tenant)
+    with pytest.raises(RateLimited, match="concurrent"):
+        admission.admit(tenant)
+    # 6 requests/s over 3 gateways: 2/s here, a burst of 2
+    rate_only = Tenant(8, "r", ("*",), TenantLimits(requests_per_s=6.0), False, datetime.now(UTC))
+    admission.admit(rate_only)
+    admission.admit(rate_only)
+    with pytest.raises(RateLimited) as err:
+        admission.admit(rate_only)
+    assert err.value.retry_after_s == pytest.approx(0.5)
+    # a gateway leaves: the shares grow at once, requests in flight still count
+    peers.value = (0, 1)
+    admission.admit(tenant)
+    admission.admit(tenant)
+    admission.admit(tenant)
+    with pytest.raises(RateLimited, match="concurrent"):
+        admission.admit(tenant)
+
+
+def test_budget_ledger_reloads_other_gateways_usage() -> None:
+    now = [0.0]
+    wall = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    admission = Admission(lambda: now[0], lambda: wall, ledger_refresh_s=10.0)
+    tenant = _tenant(daily_token_budget=100)
+    recorded = [40]  # tokens the database holds for the tenant (all gateways)
+    assert admission.ledger_need(tenant) == "load"
+    admission.load_ledger(tenant, lambda _id, _since: (recorded[0], 0.0))
+    assert admission.ledger_need(tenant) is None
+    admission.admit(tenant)
+    recorded[0] = 100  # another gateway spent the rest
+    now[0] = 10.0
+    assert admission.ledger_need(tenant) == "reload"
+    admission.load_ledger(tenant, lambda _id, _since: (recorded[0], 0.0))
+    with pytest.raises(RateLimited, match="daily token budget"):
+        admission.admit(tenant)
+
+
+def test_db_peers_count_live_gateways_and_forget_stopped_ones(tmp_path: Path) -> None:
+    sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    a = DbGatewayPeers(sessions, live_within_s=10.0, clock=lambda: now[0])
+    b = DbGatewayPeers(sessions, live_within_s=10.0, clock=lambda: now[0])
+    a.refresh()
+    b.refresh()
+    a.refresh()
+    assert a.share()[1] == b.share()[1] == 2
+    assert {a.share()[0], b.share()[0]} == {0, 1}
+    b.stop()  # a clean stop removes its row at once
+    a.refresh()
+    assert a.share() == (0, 1)
+    c = DbGatewayPeers(sessions, live_within_s=10.0, clock=lambda: now[0])
+    c.refresh()
+    now[0] += timedelta(seconds=11)  # c died without stopping: it ages out
+    a.refresh()
+    assert a.share() == (0, 1)
+
+
+@contextmanager
+def _gateways(tmp_path: Path, sessions: Any, n: int) -> Iterator[list[str]]:
+    """``n`` gateways (real HTTP) on one database and one slow engine; their base URLs."""
+    tenancy = TenancyService(sessions)
+    upstream = FakeUpstream(served_model=ENGINE_MODEL, behaviour=UpstreamBehaviour(delay_s=2.0))
+    with ExitStack() as stack:
+        engine_url = stack.enter_context(serve_in_thread(upstream, lifespan="off"))
+        all_peers = [DbGatewayPeers(sessions) for _ in range(n)]
+        for peers in all_peers:
+            peers.refresh()
+        for peers in all_peers:
+            peers.start()
+            stack.callback(peers.stop)
+        urls = []
+        for i, peers in enumerate(all_peers):
+            settings = Settings(data_dir=tmp_path / f"gw{i}")
+            app = create_app(
+                settings,
+                tenancy,
+                ReplicaTable([replica("r0", engine_url)]),
+                CollectorRegistry(),
+                admin_token=ADMIN_TOKEN,
+                config=GatewayConfig.from_settings(settings),
+                peers=peers,
+            )
+            urls.append(stack.enter_context(serve_in_thread(app)))
+        yield urls
+
+
+def test_concurrency_limit_holds_across_two_gateways(tmp_path: Path) -> None:
+    sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
+    tenancy = TenancyService(sessions)
+    tenancy.create_tenant("acme", limits=TenantLimits(max_concurrent=2))
+    key = tenancy.create_key("acme").secret
+
+    async def burst(urls: list[str]) -> list[int]:
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+            replies = await asyncio.gather(
+                *(client.post(f"{url}/v1/completions", json=body) for url in urls for _ in range(4))
+            )
+        return [r.status_code for r in replies]
+
+    with _gateways(tmp_path, sessions, 2) as urls:
+        statuses = asyncio.run(burst(urls))
+    # 8 requests at once, 4 on each gateway, limit 2 in all: one slot per gateway
+    assert sorted(statuses) == [200, 200] + [429] * 6
+    assert statuses[:4].count(200) == statuses[4:].count(200) == 1
