@@ -1,8 +1,8 @@
 """1,000 concurrent streaming clients through a real gateway process: every stream completes
 with the right content and its usage record, and the gateway's memory stays bounded.
 
-The engine is the fake upstream in its own process, slowed to 50 ms a token so that all
-1,000 streams are open at once (each lasts at least 16 x 50 ms); the gateway is
+The engine is the fake upstream in its own process, slowed to 100 ms a token so that all
+1,000 streams are open at once (each lasts at least 16 x 100 ms); the gateway is
 ``python -m scheduler.gateway.serve`` in its own process, so its RSS is its own. Three rounds
 of 1,000: the first warms pools and allocator arenas, the later ones must not grow it.
 """
@@ -127,7 +127,7 @@ def test_thousand_concurrent_streams_complete_with_bounded_memory(tmp_path: Path
             "--model",
             ENGINE_MODEL,
             "--token-delay-s",
-            "0.05",
+            "0.1",
         ],
         cwd=REPO,
     )
