@@ -51,6 +51,7 @@ _EXTRA_ROWS: tuple[DeviceSpec, ...] = (
         isa_flags=frozenset({"avx2", "fma"}),
         cores=64,
         release_year=2021,
+        llc_bytes=256 * 2**20,  # 8 CCDs x 32 MB L3 (AMD EPYC 7763 product page)
     ),
     DeviceSpec(
         model="AMD EPYC 9654",
@@ -64,6 +65,7 @@ _EXTRA_ROWS: tuple[DeviceSpec, ...] = (
         isa_flags=frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"}),
         cores=96,
         release_year=2022,
+        llc_bytes=384 * 2**20,  # 12 CCDs x 32 MB L3 (AMD EPYC 9654 product page)
     ),
 )
 
@@ -118,6 +120,7 @@ def _row_to_spec(row: dict[str, str]) -> DeviceSpec:
         isa_flags=_CPU_FLAGS.get(name, frozenset()),
         cores=int(cores or 0),
         release_year=int(y) if (y := _num(row.get("release_year"))) else None,
+        llc_bytes=int((pick("llc_mib") or 0.0) * 2**20),  # CPU rows: L3 per socket
     )
 
 

@@ -114,6 +114,8 @@ class DeviceSpec:
     cores: int = 0  # CPUs: physical cores per device (a socket set)
     release_year: int | None = None
     nvlink: bool = False
+    # CPUs: last-level cache of the whole device (all sockets); 0 = unknown, no cache tier
+    llc_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ converted once into frozen domain types. ``dump_fleet_file`` writes every
 resolved figure explicitly, so ``load(dump(x)) == x`` without the catalogue.
 
 Conventions: a fleet row's device spec comes from the catalogue, multiplied by
-``sockets`` for CPU servers (cores, bandwidth, flops), then overridden by any
+``sockets`` for CPU servers (cores, bandwidth, flops, LLC), then overridden by any
 spec field the row gives; ``board_watts`` is the device's power at load (it
 replaces the catalogue TDP); GPUs get ``host_watts_per_gpu`` of server power on
 top, CPU rows are whole servers and get none.
@@ -106,6 +106,7 @@ class FleetRow(_Row):
     isa_flags: list[str] | None = None
     release_year: int | None = None
     nvlink: bool | None = None
+    llc_mib: float | None = Field(default=None, ge=0)  # CPUs: last-level cache, all sockets
     # per-row economics overrides
     remaining_life_years: float | None = Field(default=None, gt=0)
     ops_yuan_per_hour: float | None = Field(default=None, ge=0)
@@ -231,6 +232,7 @@ def _spec(row: FleetRow, label: str) -> DeviceSpec:
         int8_ops=base.int8_ops * s,
         tdp_watts=base.tdp_watts * s,
         cores=base.cores * s,
+        llc_bytes=base.llc_bytes * s,
     )
     cc = row.compute_capability
     overrides: dict[str, Any] = {
@@ -246,6 +248,7 @@ def _spec(row: FleetRow, label: str) -> DeviceSpec:
         "isa_flags": frozenset(row.isa_flags) if row.isa_flags is not None else None,
         "release_year": row.release_year,
         "nvlink": row.nvlink,
+        "llc_bytes": round(row.llc_mib * 2**20) if row.llc_mib is not None else None,
     }
     spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
     if spec.memory_bytes <= 0:
@@ -449,6 +452,7 @@ def _class_to_row(dc: DeviceClass) -> dict[str, Any]:
         "isa_flags": sorted(s.isa_flags),
         "release_year": s.release_year,
         "nvlink": s.nvlink,
+        "llc_mib": _num_out(s.llc_bytes / 2**20) if s.llc_bytes else None,
         "compute_capability": ".".join(map(str, s.compute_capability))
         if s.compute_capability
         else None,

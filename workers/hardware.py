@@ -34,6 +34,7 @@ class CpuInfo:
     numa_nodes: int
     isa_flags: frozenset[str]
     memory_bytes: int
+    llc_bytes: int = 0  # last-level cache of all sockets; 0 when /sys does not say
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,40 @@ def _meminfo_bytes(text: str) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def _cache_size_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()] if match else 0
+
+
+def detect_llc_bytes(root: Path = Path("/")) -> int:
+    """Total last-level cache of the machine from ``root``/sys/devices/system/cpu/*/cache.
+
+    Each CPU lists its caches as ``index*/{level,type,size,shared_cpu_list}``; the
+    highest data/unified level is the LLC, and CPUs that share one instance list the same
+    ``shared_cpu_list``, so each instance is counted once (a two-socket server, or an EPYC
+    with one L3 per CCX, sums them). 0 when the kernel does not expose caches.
+    """
+    instances: dict[str, tuple[int, int]] = {}  # shared_cpu_list -> (level, bytes)
+    for index in (root / "sys/devices/system/cpu").glob("cpu[0-9]*/cache/index[0-9]*"):
+        if _read(index / "type").strip() == "Instruction":
+            continue
+        level = int(_read(index / "level").strip() or 0)
+        size = _cache_size_bytes(_read(index / "size"))
+        shared = _read(index / "shared_cpu_list").strip() or str(index.parent.parent)
+        if size > 0 and level > 0:
+            key = f"L{level}:{shared}"
+            instances[key] = (level, size)
+    if not instances:
+        return 0
+    top = max(level for level, _ in instances.values())
+    return sum(size for level, size in instances.values() if level == top)
+
+
 def detect_cpu(root: Path = Path("/")) -> CpuInfo:
-    """CPU facts from ``root``/proc/cpuinfo, /proc/meminfo and /sys NUMA nodes."""
+    """CPU facts from ``root``/proc/cpuinfo, /proc/meminfo and /sys (NUMA nodes, caches)."""
     model, vendor, sockets, cores, logical, flags = parse_cpuinfo(_read(root / "proc/cpuinfo"))
     node_dir = root / "sys/devices/system/node"
     numa = len(list(node_dir.glob("node[0-9]*"))) if node_dir.is_dir() else 0
@@ -143,6 +176,7 @@ def detect_cpu(root: Path = Path("/")) -> CpuInfo:
         numa_nodes=max(numa, 1),
         isa_flags=flags,
         memory_bytes=_meminfo_bytes(_read(root / "proc/meminfo")),
+        llc_bytes=detect_llc_bytes(root),
     )
 
 
@@ -283,7 +317,9 @@ FALLBACK_WATTS_PER_CORE = 7.5
 
 
 def cpu_device_spec(cpu: CpuInfo) -> DeviceSpec:
-    """The CPU (all sockets of the server) as one device, catalogue figures when known."""
+    """The CPU (all sockets of the server) as one device, catalogue figures when known;
+    memory, ISA flags, cores and the last-level cache as measured here (the catalogue's
+    LLC, per socket, where /sys shows none)."""
     known = lookup_device(cpu.model_name)
     vendor = _CPU_VENDORS.get(cpu.vendor, cpu.vendor)
     base = known or DeviceSpec(
@@ -299,6 +335,7 @@ def cpu_device_spec(cpu: CpuInfo) -> DeviceSpec:
         memory_bytes=cpu.memory_bytes,
         isa_flags=cpu.isa_flags,
         cores=cpu.physical_cores,
+        llc_bytes=cpu.llc_bytes or base.llc_bytes * max(cpu.sockets, 1),
     )
 
 

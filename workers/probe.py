@@ -264,12 +264,17 @@ def probe_engine(
     timeout_s: float = 300.0,
     env: Mapping[str, str],
     log_path: Path | None = None,
+    kv_cache_gib: int = 1,
 ) -> DtypeProbe:
-    """Run a real vLLM engine on ``model_dir`` in ``dtype`` in a subprocess and time it."""
+    """Run a real vLLM engine on ``model_dir`` in ``dtype`` in a subprocess and time it.
+
+    ``kv_cache_gib`` must hold the largest batch (else vLLM preempts and recomputes
+    sequences, and the decode rate measures that)."""
     argv = [sys.executable, "-m", "workers.probe_child", "engine", "--model", str(model_dir)]
     argv += ["--dtype", dtype, "--batches", ",".join(map(str, batches))]
     argv += ["--decode-tokens", str(decode_tokens)]
-    child = run_child(argv, timeout_s=timeout_s, env=engine_env(env), log_path=log_path)
+    child_env = engine_env(env, kv_cache_gib)
+    child = run_child(argv, timeout_s=timeout_s, env=child_env, log_path=log_path)
     return interpret_engine(dtype, child)
 
 

@@ -69,6 +69,9 @@ def to_spec(row: Any) -> DeviceSpec:
         compute_capability=cc or base.compute_capability,
         isa_flags=frozenset(row.isa_flags) or base.isa_flags,
         cores=base.cores * sockets,
+        # the inventory stores no cache size: catalogue CPUs get their L3 per socket,
+        # others none (no cache tier; real models outgrow any LLC anyway)
+        llc_bytes=base.llc_bytes * sockets,
     )
 
 

@@ -145,3 +145,95 @@ def test_fit_efficiency_recovers_the_factors_it_was_built_with() -> None:
     assert fitted["decode"] == pytest.approx(0.55, rel=0.05)
     assert fitted["prefill"] == pytest.approx(0.3, rel=0.05)
     assert fit_efficiency(spec, []) == {}
+
+
+# a 2-core CPU with round figures: 10 GB/s, 100 GFLOP/s fp32, 32 MiB of last-level cache
+SMALL_CPU = DeviceSpec(
+    "test cpu",
+    DeviceKind.CPU,
+    memory_bytes=16 * GIB,
+    memory_bandwidth_bytes_per_s=10e9,
+    fp32_flops=100e9,
+    cores=2,
+    llc_bytes=32 * 2**20,
+)
+# untied Llama, 8 layers x hidden 512, vocab 4096: ~27.4 M params, ~110 MB of fp32 read
+MID = ModelArch("mid", 0.0274, 8, 512, 8, 8, 64, 4096, 1376, 2048)
+# 4 layers x hidden 256: ~17 MB read per decode step, cache-resident on SMALL_CPU
+TINY = ModelArch("tiny", 0.00526, 4, 256, 4, 4, 64, 4096, 688, 2048)
+PURE = {"decode": 1.0, "prefill": 1.0, "step_overhead_s": 0.0, "layer_overhead_s": 0.0}
+
+
+def _parts(arch: ModelArch, batch: int, ctx: float) -> tuple[float, float]:
+    """Hand-computed (memory s, compute s) of one fp32 decode step on SMALL_CPU."""
+    params = arch.params_b * 1e9
+    kv_per_token = 2 * arch.layers * arch.kv_heads * arch.head_dim * 4
+    read = (params - arch.vocab * arch.hidden) * 4 + batch * ctx * kv_per_token
+    attn = arch.layers * arch.heads * arch.head_dim
+    flops = 2 * (params - arch.vocab * arch.hidden) * batch + 4 * attn * ctx * batch
+    return read / 10e9, flops / 100e9
+
+
+def test_cpu_step_adds_memory_and_compute_time_gpu_style_takes_the_max() -> None:
+    wl = Workload(16, 128, 64)
+    mem_s, comp_s = _parts(MID, 16, 128 + 32)
+    cpu = predict(MID, Quant.FP32, SMALL_CPU, wl, efficiency=PURE)
+    assert cpu.ok and cpu.step_ms == pytest.approx((mem_s + comp_s) * 1000, rel=1e-9)
+    overlapped = predict(MID, Quant.FP32, SMALL_CPU, wl, efficiency={**PURE, "overlap": 1.0})
+    assert overlapped.step_ms == pytest.approx(max(mem_s, comp_s) * 1000, rel=1e-9)
+    half = predict(MID, Quant.FP32, SMALL_CPU, wl, efficiency={**PURE, "overlap": 0.5})
+    assert overlapped.step_ms < half.step_ms < cpu.step_ms
+    # on a GPU the default is the classic roofline: max(memory, compute)
+    t4 = device("Tesla T4")
+    gpu = predict(QWEN7, Quant.INT4_AWQ, t4, Workload(8, 1024, 256))
+    gpu_max = predict(QWEN7, Quant.INT4_AWQ, t4, Workload(8, 1024, 256), efficiency={"overlap": 1})
+    assert gpu.step_ms == gpu_max.step_ms
+
+
+def test_working_set_in_the_llc_streams_faster_and_spilling_it_streams_from_dram() -> None:
+    eff = {**PURE, "llc_speedup": 4.0}
+    one = Workload(1, 128, 64)
+    mem_s, comp_s = _parts(TINY, 1, 160)
+    cached = predict(TINY, Quant.FP32, SMALL_CPU, one, efficiency=eff)
+    assert cached.step_ms == pytest.approx((mem_s / 4 + comp_s) * 1000, rel=1e-9)
+    no_llc = predict(TINY, Quant.FP32, replace(SMALL_CPU, llc_bytes=0), one, efficiency=eff)
+    assert no_llc.step_ms == pytest.approx((mem_s + comp_s) * 1000, rel=1e-9)
+    # 16 sequences x 160 tokens x 8 KiB of KV push the working set past 32 MiB: DRAM again
+    mem16, comp16 = _parts(TINY, 16, 160)
+    assert mem16 * 10e9 > 32 * 2**20
+    spilled = predict(TINY, Quant.FP32, SMALL_CPU, Workload(16, 128, 64), efficiency=eff)
+    assert spilled.step_ms == pytest.approx((mem16 + comp16) * 1000, rel=1e-9)
+    # a model far larger than the cache is unaffected by it
+    big = predict(MID, Quant.FP32, SMALL_CPU, one, efficiency=eff)
+    dram = predict(MID, Quant.FP32, replace(SMALL_CPU, llc_bytes=0), one, efficiency=eff)
+    assert big.step_ms == dram.step_ms
+
+
+def test_fit_recovers_cpu_factors_and_keeps_fixed_ones() -> None:
+    truth = {
+        "decode": 0.8,
+        "prefill": 0.9,
+        "step_overhead_s": 0.0005,
+        "seq_overhead_s": 3e-5,
+        "layer_overhead_s": 3e-4,
+        "llc_speedup": 3.0,
+    }
+    points = []
+    for arch in (TINY, MID, replace(MID, name="deep", layers=16, params_b=0.0527)):
+        for b in (1, 4, 16):
+            wl = Workload(b, 128, 64)
+            r = predict(arch, Quant.FP32, SMALL_CPU, wl, efficiency=truth)
+            pf = b * 128 / batch_prefill_s(arch, Quant.FP32, SMALL_CPU, 128, b, 1, truth)
+            points.append(MeasuredPoint(arch, Quant.FP32, wl, b / (r.step_ms / 1000), pf))
+    fitted = fit_efficiency(SMALL_CPU, points)
+    for key in ("decode", "prefill", "llc_speedup", "layer_overhead_s"):
+        assert fitted[key] == pytest.approx(truth[key], rel=0.05), key
+    pinned = fit_efficiency(SMALL_CPU, points, fixed={"overlap": 1.0, "llc_speedup": 1.0})
+    assert pinned["overlap"] == 1.0 and pinned["llc_speedup"] == 1.0
+    # the previous shape (max, no cache tier) cannot match what the sum produced
+    again = [
+        p.workload.batch
+        / (predict(p.arch, p.quant, SMALL_CPU, p.workload, efficiency=pinned).step_ms / 1000)
+        for p in points
+    ]
+    assert mape(again, [p.decode_tokens_per_s for p in points]) > 3.0

@@ -36,6 +36,7 @@ def test_reference_fleet_loads_as_given() -> None:
     assert cpu.spec.kind is DeviceKind.CPU
     assert cpu.spec.cores == 40  # two sockets of 20 cores
     assert cpu.spec.memory_bandwidth_bytes_per_s == pytest.approx(2 * 140.8e9)
+    assert cpu.spec.llc_bytes == round(2 * 27.5 * 2**20)  # L3 of both sockets
     assert cpu.economics.host_watts == 0  # a CPU row is the whole server
     assert set(ff.models) >= {"qwen2.5-7b-instruct", "qwen2.5-32b-instruct"}
     assert Quant.INT4_AWQ in ff.models["qwen2.5-7b-instruct"].allowed_quants

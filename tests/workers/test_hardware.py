@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from scheduler.domain import DeviceKind
@@ -11,6 +12,7 @@ from workers.hardware import (
     detect_cpu,
     detect_gpus,
     detect_host,
+    detect_llc_bytes,
     device_specs,
     parse_cpuinfo,
     read_rapl_watts,
@@ -85,6 +87,43 @@ def test_unknown_cpu_keeps_measured_facts() -> None:
         64 * 2**30,
     )
     assert spec.isa_flags == {"avx2"}
+
+
+def _cache(cpu_dir: Path, index: int, level: int, kind: str, size: str, shared: str) -> None:
+    d = cpu_dir / f"cache/index{index}"
+    d.mkdir(parents=True)
+    for name, value in (("level", level), ("type", kind), ("size", size)):
+        (d / name).write_text(f"{value}\n")
+    (d / "shared_cpu_list").write_text(f"{shared}\n")
+
+
+def test_llc_counts_each_shared_instance_once(tmp_path: Path) -> None:
+    # two sockets of two CPUs: private L1/L2 per CPU, one 27.5 MiB L3 per socket
+    for cpu in range(4):
+        cpu_dir = tmp_path / f"sys/devices/system/cpu/cpu{cpu}"
+        _cache(cpu_dir, 0, 1, "Data", "32K", str(cpu))
+        _cache(cpu_dir, 1, 1, "Instruction", "32K", str(cpu))
+        _cache(cpu_dir, 2, 2, "Unified", "1024K", str(cpu))
+        socket = "0-1" if cpu < 2 else "2-3"
+        _cache(cpu_dir, 3, 3, "Unified", "28160K", socket)
+    assert detect_llc_bytes(tmp_path) == 2 * 28160 * 1024
+    cpu = detect_cpu(tmp_path)
+    assert cpu.llc_bytes == 2 * 28160 * 1024
+    assert detect_llc_bytes(tmp_path / "nothing") == 0
+
+
+def test_this_machine_llc_matches_sysfs() -> None:
+    sizes = list(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"))
+    llc = detect_cpu().llc_bytes
+    assert (llc > 0) == bool(sizes)
+
+
+def test_catalogue_llc_per_socket_when_sysfs_is_silent() -> None:
+    cpu = CpuInfo("Intel(R) Xeon(R) Gold 6248", "GenuineIntel", 2, 40, 80, 2, frozenset(), 2**36)
+    spec = cpu_device_spec(replace(cpu, model_name="Xeon Gold 6248"))
+    assert spec.llc_bytes == round(2 * 27.5 * 2**20)
+    measured = cpu_device_spec(replace(cpu, model_name="Xeon Gold 6248", llc_bytes=2**25))
+    assert measured.llc_bytes == 2**25
 
 
 def test_rapl_absent_is_reported(tmp_path: Path) -> None:
