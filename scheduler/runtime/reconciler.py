@@ -256,6 +256,7 @@ class Reconciler:
             last_error=error,
             retry_at=now + backoff_s(attempts),
             since=now,
+            unresponsive_since=None,
         )
         try:
             self._launcher.stop(st.id)
@@ -286,9 +287,9 @@ class Reconciler:
                         self._status[rid] = replace(st, unresponsive_since=now)
                     return
                 error = f"{obs.error or 'unresponsive'} (for {now - first:.0f} s)"
-                self._fail(replace(st, unresponsive_since=None), error, now)
+                self._fail(st, error, now)
                 return
-            self._fail(replace(st, unresponsive_since=None), obs.error or "replica failed", now)
+            self._fail(st, obs.error or "replica failed", now)
         elif obs.state is ReplicaState.READY and st.state is not ReplicaState.READY:
             self._status[rid] = replace(
                 st, state=ReplicaState.READY, base_url=obs.base_url, attempts=0, since=now
