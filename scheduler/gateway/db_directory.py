@@ -45,7 +45,37 @@ def endpoint_from_record(
     )
 
 
-class DbReplicaDirectory:
+class _EveryInterval:
+    """``refresh()`` once at ``start()`` (errors raise), then every ``interval_s`` on a
+    daemon thread until ``stop()``; a failing refresh is logged and the last state kept."""
+
+    def __init__(self, interval_s: float, name: str, failure: str) -> None:
+        self._interval_s = interval_s
+        self._failure = failure
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.refresh()
+            except Exception:  # keep the last known state through database hiccups
+                log.exception(self._failure)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+class DbReplicaDirectory(_EveryInterval):
     def __init__(
         self,
         sessions: Any,
@@ -54,13 +84,11 @@ class DbReplicaDirectory:
         stale_after_s: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__(refresh_s, "replica-directory", "reloading replica endpoints failed")
         self._sessions = sessions
-        self._refresh_s = refresh_s
         self._stale_after_s = stale_after_s
         self._clock = clock
         self._table = ReplicaTable()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replica-directory", daemon=True)
 
     def replicas(self) -> Sequence[ReplicaEndpoint]:
         return self._table.replicas()
@@ -71,24 +99,8 @@ class DbReplicaDirectory:
         now = self._clock()
         self._table.set(endpoint_from_record(r, now, self._stale_after_s) for r in records)
 
-    def start(self) -> None:
-        self.refresh()
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._refresh_s):
-            try:
-                self.refresh()
-            except Exception:  # keep serving the last known table through DB hiccups
-                log.exception("reloading replica endpoints failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-
-class DbGatewayPeers:
+class DbGatewayPeers(_EveryInterval):
     """Heartbeats this gateway into ``gateway_instances`` every ``heartbeat_s`` and counts
     the rows refreshed within ``live_within_s`` (a thread; reads never touch the database).
 
@@ -104,14 +116,12 @@ class DbGatewayPeers:
         live_within_s: float = 10.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__(heartbeat_s, "gateway-peers", "gateway heartbeat failed")
         self.id = f"gw-{secrets.token_hex(8)}"
         self._sessions = sessions
-        self._heartbeat_s = heartbeat_s
         self._live_within = timedelta(seconds=live_within_s)
         self._clock = clock
         self._share = (0, 1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gateway-peers", daemon=True)
 
     def share(self) -> tuple[int, int]:
         return self._share  # a tuple swapped whole by the thread: no lock to read
@@ -126,21 +136,8 @@ class DbGatewayPeers:
             live = sorted([*live, self.id])
         self._share = (live.index(self.id), len(live))
 
-    def start(self) -> None:
-        self.refresh()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._heartbeat_s):
-            try:
-                self.refresh()
-            except Exception:  # keep the last share through database hiccups
-                log.exception("gateway heartbeat failed")
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        super().stop()
         try:
             with self._sessions.begin() as session:
                 remove_gateways(session, self.id, self._clock() - 10 * self._live_within)
