@@ -390,6 +390,11 @@ class Gateway:
         """Read until at least one whole event arrived (the commit point for retries)."""
         async for chunk in chunks:
             out = inspect_block(chunk, ex.tally, forward_usage=ex.want_usage, rename=ex.rename)
+            error = ex.tally.error
+            # an engine failure before any content (e.g. its engine core died): nothing
+            # reached the client, so another replica may serve it
+            if error is not None and ex.tally.content_events == 0 and _server_side(error):
+                raise _RetryElsewhere(f"engine error event: {_error_message(error)}")
             if out:
                 self._note_first_token(ex)
                 return out
@@ -493,6 +498,22 @@ class Gateway:
         self.admission.on_recorded(
             tenant_id, ex.created_at, prompt_tokens + completion_tokens, cost
         )
+
+
+def _server_side(event: dict[str, Any]) -> bool:
+    """An engine error event that is the engine's fault (5xx), not the request's (4xx)."""
+    error = event.get("error")
+    if not isinstance(error, dict):
+        return True
+    code = error.get("code")
+    if isinstance(code, int):
+        return code >= 500
+    return "BadRequest" not in str(error.get("type") or "")
+
+
+def _error_message(event: dict[str, Any]) -> str:
+    error = event.get("error")
+    return str(error.get("message") if isinstance(error, dict) else error)[:200]
 
 
 class _RetryElsewhere(Exception):

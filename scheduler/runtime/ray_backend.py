@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 
 from scheduler.domain import Engine, Quant, Replica
 from scheduler.errors import ConfigError
@@ -26,7 +27,8 @@ from scheduler.runtime.reconciler import Observation, ReplicaState
 log = logging.getLogger(__name__)
 
 NAMESPACE = "cunliang"
-HEALTH_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 10.0  # a health call unanswered this long counts as "not answering"
+HEALTH_WAIT_S = 0.5  # how long one poll waits for the call in flight
 STOP_TIMEOUT_S = 60.0
 
 
@@ -97,6 +99,11 @@ class _Handle:
     start_ref: Any
     ready_url: str | None = None
     failed: bool = False  # seen failed: stopping it is a kill, not a graceful stop
+    # at most one health call in flight per replica: a slow actor (a busy machine) is not
+    # sent a pile of calls, and a poll never blocks the reconciler's tick on it
+    health_ref: Any = None
+    health_sent_s: float = 0.0
+    last: Observation | None = None  # the last answered check
 
 
 def replica_to_info(replica: Replica) -> dict[str, Any]:
@@ -183,24 +190,36 @@ class RayLauncher:
                 handle.ready_url = str(ray.get(handle.start_ref))
             except RayError as exc:
                 return Observation(ReplicaState.FAILED, error=_short(exc))
-        try:
-            health = ray.get(handle.actor.health.remote(), timeout=HEALTH_TIMEOUT_S)
-        except GetTimeoutError as exc:  # the actor lives but is slow: maybe a busy machine
+        now_s = time.monotonic()
+        if handle.health_ref is None:
+            handle.health_ref = handle.actor.health.remote()
+            handle.health_sent_s = now_s
+        done, _ = ray.wait([handle.health_ref], timeout=HEALTH_WAIT_S)
+        if not done:
+            waited_s = now_s - handle.health_sent_s
+            if waited_s < HEALTH_TIMEOUT_S:  # not late yet: the last answer stands
+                return handle.last or Observation(ReplicaState.READY, base_url=handle.ready_url)
+            # the actor lives but is slow (maybe a busy machine); the call stays in flight
             return Observation(
                 ReplicaState.FAILED,
-                error=f"health check timed out: {_short(exc)}",
+                error=f"health check unanswered for {waited_s:.0f} s",
                 unresponsive=True,
             )
+        ref, handle.health_ref = handle.health_ref, None
+        try:
+            health = ray.get(ref)
         except (RayActorError, RayError) as exc:
             return Observation(ReplicaState.FAILED, error=f"health check failed: {_short(exc)}")
-        if not health.get("healthy", False):
+        if health.get("healthy", False):
+            handle.last = Observation(ReplicaState.READY, base_url=handle.ready_url)
+        else:
             # "unhealthy": the engine's processes run but /health did not answer in time
-            return Observation(
+            handle.last = Observation(
                 ReplicaState.FAILED,
                 error=str(health.get("error") or "unhealthy"),
                 unresponsive=health.get("state") == "unhealthy",
             )
-        return Observation(ReplicaState.READY, base_url=handle.ready_url)
+        return handle.last
 
     def stop(self, replica_id: str) -> None:
         handle = self._handles.pop(replica_id, None)

@@ -8,6 +8,7 @@ Each ``tick()``:
    its health check keeps serving (the gateway retries elsewhere on a refused connection)
    and fails only after ``unresponsive_after_s`` of consecutive unanswered checks, so a
    busy machine's slow answer (two cores, an engine loading next door) restarts nothing;
+   a held replica (below) is never failed for a slow answer, only when it is dead;
 4. drains replicas that are no longer desired: a ready one keeps serving while a
    replacement for its model is still starting (make-before-break, so a drain or a move
    never leaves a model without capacity), then stops receiving new requests, waits at
@@ -131,7 +132,7 @@ class Reconciler:
         drain_timeout_s: float = 120.0,
         drain_grace_s: float = 0.0,
         hold_timeout_s: float = 900.0,
-        unresponsive_after_s: float = 20.0,
+        unresponsive_after_s: float = 30.0,
     ) -> None:
         self._launcher = launcher
         self._sink = sink
@@ -281,7 +282,9 @@ class Reconciler:
         if obs.state is ReplicaState.FAILED:
             if obs.unresponsive and st.state is ReplicaState.READY:
                 first = st.unresponsive_since if st.unresponsive_since is not None else now
-                if now - first < self._unresponsive_after_s:
+                # a held replica leaves once its replacement is ready: killing it for a slow
+                # answer would cut its streams and leave the model with no capacity meanwhile
+                if rid in self._held or now - first < self._unresponsive_after_s:
                     if st.unresponsive_since is None:
                         log.warning("replica %s not answering: %s", rid, obs.error)
                         self._status[rid] = replace(st, unresponsive_since=now)

@@ -148,9 +148,15 @@ class Stack:
         return out
 
     def client(self) -> openai.OpenAI:
+        # a generous timeout: on two cores an engine reloading next door slows the others
+        # a lot; a request still in flight when the traffic stops is reported as hung
         return openai.OpenAI(
-            base_url=f"{self.gateway_url}/v1", api_key=self.api_key, max_retries=0, timeout=120
+            base_url=f"{self.gateway_url}/v1", api_key=self.api_key, max_retries=0, timeout=300
         )
+
+
+# an engine (re)start: ~75 s alone on two cores, over 200 s while other jobs load the machine
+ENGINE_START_S = 420
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> float:
@@ -194,9 +200,12 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     from workers.demo_model import ensure_demo_model
 
     # several engines share this machine's cores here (one per machine in production):
-    # vLLM's auto binding would pin every one of them to the same core
-    previous_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    # vLLM's auto binding would pin every one of them to the same core, and unbound
+    # two-thread OpenMP pools in three engines on two cores spin on each other's barriers
+    # (seconds per step under load), so each engine computes on one thread
+    previous_env = {k: os.environ.get(k) for k in ("VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS")}
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    os.environ["OMP_NUM_THREADS"] = "1"
     data_dir = tmp_path_factory.mktemp("cluster")
     model_dir = ensure_demo_model(data_dir)
     import json
@@ -289,10 +298,11 @@ def stack(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> 
             s.loop.stop()
             s.reconciler.stop_all()
             database.dispose()
-            if previous_bind is None:
-                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-            else:
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = previous_bind
+            for name, value in previous_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class Traffic:
@@ -304,6 +314,8 @@ class Traffic:
         self._stop = threading.Event()
         self.ok = 0
         self.errors: list[str] = []
+        self.slowest_s = 0.0  # the longest request, failed or not
+        self.in_flight = 0
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
@@ -315,12 +327,17 @@ class Traffic:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=180)
+            t.join(timeout=330)
+        if self.in_flight:
+            self.errors.append(f"{self.in_flight} request(s) still in flight after 330 s")
 
     def _run(self) -> None:
         client = self._stack.client()
         messages: Any = [{"role": "user", "content": "count to ten"}]
         while not self._stop.is_set():
+            started = time.monotonic()
+            with self._lock:
+                self.in_flight += 1
             try:
                 if self._stream:
                     chunks = client.chat.completions.create(
@@ -340,8 +357,13 @@ class Traffic:
                 with self._lock:
                     self.ok += 1
             except Exception as exc:
+                took = time.monotonic() - started
                 with self._lock:
-                    self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+                    self.errors.append(f"{type(exc).__name__} after {took:.1f} s: {str(exc)[:200]}")
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+                    self.slowest_s = max(self.slowest_s, time.monotonic() - started)
             time.sleep(0.1)  # two cores: leave the engines room to (re)load
 
 
@@ -383,7 +405,7 @@ def api_server_pid(group: int) -> int:
 
 
 def test_replicas_start_on_both_workers(stack: Stack) -> None:
-    took = wait_for("two ready replicas", all_ready(stack, 2), 300)
+    took = wait_for("two ready replicas", all_ready(stack, 2), ENGINE_START_S)
     assert sorted(stack.by_host()) == ["node-a", "node-b"]
     resp = stack.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
@@ -411,7 +433,7 @@ def test_engine_sigkill_restarts_with_backoff_and_no_request_fails(stack: Stack)
             ),
             30,
         )
-        took = wait_for("the replica restarted and ready", all_ready(stack, 2), 300)
+        took = wait_for("the replica restarted and ready", all_ready(stack, 2), ENGINE_START_S)
         time.sleep(1)
     (after,) = [s for s in stack.reconciler.statuses() if s.id == victim.id]
     assert after.restarts == 1 and after.state is ReplicaState.READY
@@ -426,7 +448,8 @@ def test_engine_sigkill_restarts_with_backoff_and_no_request_fails(stack: Stack)
     assert cut == len(streams.errors), (cut, streams.errors[:3])
     print(
         f"engine restart: ready again {took:.0f} s after failure; {ok} requests ok, "
-        f"{cut} streams cut mid-way (recorded as 502)"
+        f"{cut} streams cut mid-way (recorded as 502); slowest request "
+        f"{max(traffic.slowest_s, streams.slowest_s):.1f} s"
     )
 
 
@@ -471,7 +494,7 @@ def test_lost_node_is_replaced_within_30s_and_quarantined(
         30,
     )
     assert "node-b" in stack.watcher.lost()
-    took = wait_for("capacity restored (two ready)", all_ready(stack, 2), 240)
+    took = wait_for("capacity restored (two ready)", all_ready(stack, 2), ENGINE_START_S)
     node = stack.inventory.get_node("node-b").node
     assert node.health == "unhealthy"
     wait_for(
@@ -514,4 +537,4 @@ def test_drain_moves_replicas_first_and_loses_no_request(stack: Stack) -> None:
     assert usage_count(stack, status=502) == cut_before, "no stream cut by the drain"
     (audit,) = [a for a in stack.inventory.get_node("node-a").audit if a.to_state == "draining"]
     assert audit.reason == "hardware maintenance"
-    print(f"drain: {traffic.ok} streamed requests, none failed")
+    print(f"drain: {traffic.ok} streamed requests, none failed; slowest {traffic.slowest_s:.1f} s")

@@ -28,6 +28,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class UpstreamBehaviour:
     fail_next: int = 0  # the next N requests get HTTP 500 before any body
     cut_after_events: int | None = None  # streams break after this many content events
+    # the next N streams open (200) and send only an error event, as vLLM does when its
+    # engine core dies under a request; error_event_code is that event's code
+    error_event_next: int = 0
+    error_event_code: int = 500
     delay_s: float = 0.0  # wait before the response starts (prefill)
     token_delay_s: float = 0.0  # wait between streamed tokens (decode)
     default_tokens: int = 8
@@ -157,6 +161,19 @@ class FakeUpstream:
                 "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
             }
         )
+        with self._lock:
+            error_event = b.error_event_next > 0
+            if error_event:
+                b.error_event_next -= 1
+        if error_event:
+            message = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+            code = b.error_event_code
+            error = _vllm_error(
+                message, "InternalServerError" if code >= 500 else "BadRequestError", code
+            )
+            data = b"data: " + json.dumps(error).encode() + b"\n\n"
+            await _body(send, data + b"data: [DONE]\n\n", more=False)
+            return
         if chat:  # vLLM opens with an empty assistant-role delta
             role = {
                 "index": 0,

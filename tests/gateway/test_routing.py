@@ -171,3 +171,33 @@ def test_client_disconnect_mid_stream_is_recorded_as_499(harness: Harness) -> No
         'cunliang_replica_outstanding_requests{device_class="cpu-test",model="demo",replica="r1",site="local"} 0.0'
         in metrics
     )
+
+
+def test_stream_whose_first_event_is_an_engine_failure_is_retried_elsewhere(
+    harness: Harness,
+) -> None:
+    """vLLM answers 200 and then only an error event when its engine core dies under the
+    request: nothing reached the client yet, so another replica serves it."""
+    cheap = harness.upstreams[1]  # tried first
+    cheap.behaviour.error_event_next = 1
+    client = harness.openai(harness.tenant("acme"))
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "t0 t1 "
+    assert cheap.behaviour.error_event_next == 0 and harness.upstreams[0].completed == 1
+    assert [(r.replica_id, r.status) for r in usage_rows(harness)] == [("r0", 200)]
+
+
+def test_stream_whose_first_event_is_a_request_error_is_not_retried(harness: Harness) -> None:
+    for u in harness.upstreams:
+        u.behaviour.error_event_next = 1
+        u.behaviour.error_event_code = 400
+    client = harness.openai(harness.tenant("acme"))
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2, stream=True
+        ):
+            pass
+    assert sum(u.behaviour.error_event_next for u in harness.upstreams) == 1, "one replica tried"
+    assert [r.status for r in usage_rows(harness)] == [502]

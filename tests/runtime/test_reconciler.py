@@ -219,3 +219,28 @@ def test_a_starting_replica_that_stops_answering_fails_at_once() -> None:
     (rid,) = launcher.running
     launcher.slow.add(rid)
     assert rec.tick()[0].state is ReplicaState.FAILED
+
+
+def test_a_held_replica_is_not_killed_for_slow_answers_while_its_replacement_starts() -> None:
+    """Draining a node loads the replacement next door: the held replica answers slowly,
+    but stopping it would cut its streams and leave the model with no ready replica."""
+    clock = Clock()
+    launcher = FakeLauncher()
+    rec = Reconciler(
+        launcher, RecordingSink(), clock=clock, unresponsive_after_s=20.0, hold_timeout_s=600.0
+    )
+    rec.apply(_plan(_replica("a")))
+    rec.tick()
+    old, new = "demo.fp32.a.tp1.0", "demo.fp32.b.tp1.0"
+    launcher.polls_to_ready = 1000
+    rec.apply(_plan(_replica("b")))
+    launcher.slow.add(old)
+    for _ in range(10):  # 90 s of unanswered checks while held
+        states = {s.id: s.state for s in rec.tick()}
+        assert states[old] is ReplicaState.READY and rec.held() == [old]
+        clock.now += 10
+    assert launcher.stopped == []
+    launcher.dead.add(old)  # dead is dead, held or not
+    states = {s.id: s.state for s in rec.tick()}
+    assert states[old] is ReplicaState.FAILED and launcher.stopped == [old]
+    assert new in states

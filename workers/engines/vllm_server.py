@@ -122,9 +122,9 @@ def vllm_env(config: VllmConfig, base: Mapping[str, str]) -> dict[str, str]:
 
 
 def http_health(base_url: str) -> bool:
-    """GET {base_url}/health answers 200."""
+    """GET {base_url}/health answers 200 (within 5 s: a busy server is slow, not dead)."""
     try:
-        return httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200
+        return httpx.get(f"{base_url}/health", timeout=5.0).status_code == 200
     except httpx.HTTPError:
         return False
 
