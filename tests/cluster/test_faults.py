@@ -528,7 +528,7 @@ def test_drain_moves_replicas_first_and_loses_no_request(stack: Stack) -> None:
         wait_for(
             "both replicas on node-c and the drained one stopped",
             lambda: sorted(stack.by_host()) == ["node-c"] and all_ready(stack, 2)(),
-            240,
+            ENGINE_START_S,
         )
         time.sleep(2)
     assert traffic.errors == [], traffic.errors[:5]
