@@ -57,7 +57,8 @@ def _exit_like(returncode: int) -> None:
     """Exit with ``returncode``; re-raise the signal when the child died by one."""
     if returncode < 0:
         sig = -returncode
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two keep their default
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         time.sleep(1.0)  # the signal is delivered before this ends; fallback below
     sys.exit(returncode if returncode >= 0 else 128 - returncode)

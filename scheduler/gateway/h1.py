@@ -95,8 +95,11 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def eof_received(self) -> bool | None:
-        if self.head is not None and not self.framed and not self.complete:
-            self.on_message_complete()  # a body delimited by the connection's end
+        # a body with neither length nor chunking ends with the connection; an end before
+        # the response head is a failure (connection_lost reports it), e.g. an engine
+        # killed while it worked on the request: never a complete, empty response
+        if self.head is not None and self.status and not self.framed and not self.complete:
+            self.on_message_complete()
         self.closed = True
         return None  # close the transport
 

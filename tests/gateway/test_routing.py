@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections import Counter
 
@@ -201,3 +203,56 @@ def test_stream_whose_first_event_is_a_request_error_is_not_retried(harness: Har
             pass
     assert sum(u.behaviour.error_event_next for u in harness.upstreams) == 1, "one replica tried"
     assert [r.status for r in usage_rows(harness)] == [502]
+
+
+class _DyingEngine:
+    """A replica whose engine dies under every request: it reads the request whole, then
+    its connection ends with no response (a SIGKILLed vLLM server)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.mark.parametrize("upstream_client", ["h1", "aiohttp", "httpx"])
+def test_engine_dying_under_the_request_is_retried_elsewhere(harness: Harness) -> None:
+    dying = _DyingEngine()
+    try:
+        harness.table.set(
+            [replica("dying", dying.url, yuan_per_hour=0.01), *harness.table.replicas()]
+        )
+        client = harness.openai(harness.tenant("acme")).with_options(timeout=30)
+        started = time.monotonic()
+        reply = client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+        stream = client.completions.create(model=MODEL, prompt="x", max_tokens=2, stream=True)
+        assert "".join(c.choices[0].text for c in stream if c.choices) == "t0 t1 "
+        assert reply.choices[0].text == "t0 t1 "
+        assert time.monotonic() - started < 10, "retried at once, not after a read timeout"
+        assert dying.requests == 2  # the cheapest replica was tried first, both times
+        assert [(r.replica_id, r.status) for r in usage_rows(harness)] == [
+            ("r1", 200),
+            ("r1", 200),
+        ]
+    finally:
+        dying.close()

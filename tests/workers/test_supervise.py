@@ -57,3 +57,22 @@ def test_sigkilled_owner_takes_the_detached_group_down() -> None:
     finally:
         if owner.poll() is None:
             owner.kill()
+
+
+def test_a_sigkilled_command_ends_the_supervisor_by_sigkill_too() -> None:
+    """A server SIGKILLed (the fault tests do it to vLLM) is reported as such: the
+    supervisor dies by the same signal, not with a traceback."""
+    root = str(Path(__file__).resolve().parents[2])
+    command = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.supervise", "--grace", "1", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": root},
+        cwd=root,
+        start_new_session=True,  # the supervisor ends its whole group: not ours
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "command exited with status -9" in done.stderr
