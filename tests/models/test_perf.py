@@ -212,12 +212,16 @@ def test_small_batch_streaming_and_per_sequence_layer_cost() -> None:
         MID, Quant.FP32, SMALL_CPU, Workload(1, 128, 64), efficiency={**PURE, "small_batch": 0.5}
     )
     assert slow.step_ms == pytest.approx((mem_s / 0.5 + comp_s) * 1000, rel=1e-9)
-    # from 4 rows on the kernel streams at the full decode bandwidth
+    # from 4 rows on the kernel streams the weights at the full decode bandwidth; the KV
+    # stays at the one-row rate (each sequence's attention is a matrix-vector product)
     mem4, comp4 = _parts(MID, 4, 160)
+    kv4 = 4 * 160 * 2 * MID.layers * MID.kv_heads * MID.head_dim * 4 / 10e9
     four = predict(
         MID, Quant.FP32, SMALL_CPU, Workload(4, 128, 64), efficiency={**PURE, "small_batch": 0.5}
     )
-    assert four.step_ms == pytest.approx((mem4 + comp4) * 1000, rel=1e-9)
+    assert four.step_ms == pytest.approx((mem4 - kv4 + kv4 / 0.5 + comp4) * 1000, rel=1e-9)
+    full = predict(MID, Quant.FP32, SMALL_CPU, Workload(4, 128, 64), efficiency=PURE)
+    assert full.step_ms == pytest.approx((mem4 + comp4) * 1000, rel=1e-9)
     per = {**PURE, "seq_layer_overhead_s": 1e-4}
     cost = predict(MID, Quant.FP32, SMALL_CPU, Workload(4, 128, 64), efficiency=per)
     assert cost.step_ms == pytest.approx((mem4 + comp4 + 4 * MID.layers * 1e-4) * 1000, rel=1e-9)
