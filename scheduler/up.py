@@ -36,10 +36,9 @@ from scheduler.domain import Quant
 from scheduler.errors import ConfigError, EngineError, NoCapacity
 from scheduler.preflight import check_data_dir, check_port_free
 from scheduler.settings import Settings
+from scheduler.support import DTYPE_QUANT
 
 STEPS = 8
-# engine dtype -> the weight format it serves (what a CPU profile proves)
-_DTYPE_QUANT = {"float32": Quant.FP32, "bfloat16": Quant.BF16, "float16": Quant.FP16}
 DEFAULT_TENANT = "default"
 # demand the embedded stack plans for: one replica's worth, interactive SLO
 DEMO_OUTPUT_TOKENS_PER_S = 1.0
@@ -234,7 +233,7 @@ class _EmbeddedStack:
         self.c.step("plan: placement over the admitted fleet")
         fleet, _demands, _models = inventory.snapshot()
         config = json.loads((local.model_dir / "config.json").read_text())
-        quant = _DTYPE_QUANT.get(local.dtype, Quant.FP32)
+        quant = DTYPE_QUANT.get(local.dtype, Quant.FP32)
         spec = ModelSpec(
             name=local.model_name,
             source=str(local.model_dir),

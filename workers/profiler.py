@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scheduler.support import DTYPE_QUANT
 from workers.demo_model import ensure_demo_model, read_manifest
 from workers.hardware import HostInfo, NvmlLike, detect_host
 from workers.probe import (
@@ -254,12 +255,9 @@ def quick_profile(
     )
 
 
-_DTYPE_QUANT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
 def proven_quant_names(profile: MachineProfile) -> list[str]:
     """``scheduler.domain.Quant`` values this profile proved to run (fp32, bf16, int8-w8a8...)."""
-    names = [_DTYPE_QUANT[d] for d in profile.working_dtypes if d in _DTYPE_QUANT]
+    names = [str(DTYPE_QUANT[d]) for d in profile.working_dtypes if d in DTYPE_QUANT]
     if profile.int8_w8a8 is not None and profile.int8_w8a8.ok:
         names.append("int8-w8a8")
     return names

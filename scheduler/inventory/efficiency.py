@@ -22,6 +22,7 @@ from typing import Any
 from scheduler.catalog import arch_from_hf_config
 from scheduler.domain import DeviceSpec, ModelArch, Quant
 from scheduler.perf import MeasuredPoint, Workload, fit_efficiency, weight_bytes
+from scheduler.support import DTYPE_QUANT
 
 # Below this many weight bytes a reference model sits largely in caches (CPU L3 reaches
 # ~1 GiB on cache-stacked EPYCs): its rows show per-step overheads, and bandwidth or
@@ -31,7 +32,6 @@ CACHE_RESIDENT_WEIGHT_BYTES = 2 * 2**30
 OVERHEAD_KEYS: tuple[str, ...] = ("step_overhead_s", "seq_overhead_s", "layer_overhead_s")
 ALL_KEYS: tuple[str, ...] = ("decode", "prefill", *OVERHEAD_KEYS)
 
-_DTYPE_QUANT = {"float32": Quant.FP32, "bfloat16": Quant.BF16, "float16": Quant.FP16}
 # the demo model's manifest parameters -> config.json keys (payloads before the config)
 _PARAM_KEYS = {
     "hidden": "hidden_size",
@@ -77,7 +77,7 @@ def points_from_profile(payload: Mapping[str, Any]) -> list[MeasuredPoint]:
     probes: list[tuple[Quant, Any]] = []
     engine = payload.get("engine")
     for probe in engine if isinstance(engine, list) else []:
-        quant = _DTYPE_QUANT.get(str(probe.get("dtype"))) if isinstance(probe, Mapping) else None
+        quant = DTYPE_QUANT.get(str(probe.get("dtype"))) if isinstance(probe, Mapping) else None
         if quant is not None:
             probes.append((quant, probe))
     int8 = payload.get("int8_w8a8")
@@ -108,7 +108,7 @@ def fit_points(payload: Mapping[str, Any]) -> list[MeasuredPoint]:
     dtype (the one the node serves in; one set of factors cannot fit dtypes whose kernels
     differ), or every row when no choice is recorded."""
     points = points_from_profile(payload)
-    chosen = _DTYPE_QUANT.get(str(payload.get("chosen_dtype")))
+    chosen = DTYPE_QUANT.get(str(payload.get("chosen_dtype")))
     picked = [p for p in points if p.quant is chosen]
     return picked or points
 

@@ -1,6 +1,6 @@
 """llama.cpp's OpenAI-compatible server (llama-cpp-python) as a managed subprocess.
 
-For GPUs vLLM cannot serve (pre-Volta: Pascal and older, see ``choice.py``) and as the
+For GPUs vLLM cannot serve (pre-Volta: Pascal and older, see ``scheduler.support``) and as the
 CPU fallback, with GGUF weights (``Quant.GGUF_Q4_K_M``). ``llamacpp_command`` is pure
 (tested without the package); :class:`LlamaCppServer` implements ``Engine`` the same way
 ``VllmServer`` does: its own process group under :mod:`workers.supervise`, a log file,
