@@ -23,6 +23,7 @@ the load generator share the other.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -336,4 +337,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # no options: --help describes the run instead of starting it (several minutes)
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     raise SystemExit(main())

@@ -18,7 +18,8 @@ class GatewayConfig:
     upstream_client: str = "h1"  # or "aiohttp", "httpx" (see gateway.clients)
     max_attempts: int = 3  # replicas tried per request before 503 (only before first byte)
     auth_cache_ttl_s: float = 5.0
-    usage_flush_interval_s: float = 0.05
+    # WAL -> database batches (reads of /v1/usage flush first; see metering.UsageWriter)
+    usage_flush_interval_s: float = 1.0
     usage_batch_max: int = 512
     usage_fsync: bool = False  # True also survives power loss, at ~1 fsync per request
     max_upstream_connections: int = 1024
