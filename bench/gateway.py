@@ -169,6 +169,9 @@ def main() -> int:
     )
     parser.add_argument("--layouts", default="pinned,shared", help="comma-separated LAYOUTS")
     parser.add_argument(
+        "--concurrency", default="1,32,256", help="comma-separated levels (of 1, 32, 256)"
+    )
+    parser.add_argument(
         "--compare-repo", help="also measure the gateway of this checkout (e.g. the last release)"
     )
     args = parser.parse_args()
@@ -177,8 +180,14 @@ def main() -> int:
         print("bench/gateway.py: needs a 2-core machine and layouts from", list(LAYOUTS))
         return 2
     scale = 0.2 if args.quick else 1.0
+    chosen = {int(c) for c in args.concurrency.split(",") if c}
     levels = {1: int(300 * scale), 32: int(2000 * scale), 256: int(3000 * scale)}
     stream_levels = {1: int(150 * scale), 32: int(800 * scale), 256: int(1500 * scale)}
+    if not chosen or not chosen <= set(levels):
+        print("bench/gateway.py: --concurrency takes levels from", list(levels))
+        return 2
+    levels = {c: n for c, n in levels.items() if c in chosen}
+    stream_levels = {c: n for c, n in stream_levels.items() if c in chosen}
     stream_tokens = 16
 
     tmp = Path(tempfile.mkdtemp(prefix="cl-bench-"))
@@ -411,11 +420,13 @@ def markdown_row(m: dict[str, float], layout: str) -> str:
     def proxy(name: str) -> str:
         t = f"{layout}_plain_c"
         s = f"{layout}_stream_c32_{name}"
+        added = ", ".join(
+            f"c={c} {m[f'{t}{c}_{name}_added_p50_ms']}/{m[f'{t}{c}_{name}_added_p99_ms']} ms"
+            for c in (1, 32, 256)
+            if f"{t}{c}_{name}_added_p50_ms" in m
+        )
         return (
-            f"{name}: added p50/p99 c=1 {m[f'{t}1_{name}_added_p50_ms']}/"
-            f"{m[f'{t}1_{name}_added_p99_ms']} ms, c=32 {m[f'{t}32_{name}_added_p50_ms']}/"
-            f"{m[f'{t}32_{name}_added_p99_ms']} ms, c=256 {m[f'{t}256_{name}_added_p50_ms']}/"
-            f"{m[f'{t}256_{name}_added_p99_ms']} ms; c=32 throughput "
+            f"{name}: added p50/p99 {added}; c=32 throughput "
             f"{m[f'{t}32_{name}_throughput_ratio']:.0%} (streams "
             f"{m[f'{s}_throughput_ratio']:.0%}, +{m[f'{s}_added_per_token_p50_ms']} ms/token); "
             f"CPU {m[f'{t}32_{name}_proxy_cpu_us_per_request']:.0f} µs/request, "

@@ -310,7 +310,7 @@ class _EmbeddedStack:
 
         from scheduler.dashboard.wiring import observability
         from scheduler.gateway.app import create_app
-        from scheduler.gateway.serve import SERVER_OPTIONS, raise_open_files_limit
+        from scheduler.gateway.serve import SERVER_OPTIONS, prepare_process
         from scheduler.inventory.router import inventory_router
         from scheduler.observability.sources import reconciler_replica_counts
         from scheduler.tenancy import TenancyService
@@ -332,7 +332,7 @@ class _EmbeddedStack:
             extra_routers=[inventory_router(inventory, admin_token), obs.router],
         )
         obs.install(app)
-        raise_open_files_limit()
+        prepare_process()
         config = uvicorn.Config(
             app,
             host=self.s.host,

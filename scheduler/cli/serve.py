@@ -84,7 +84,7 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.dashboard.wiring import observability
     from scheduler.gateway.app import create_app
     from scheduler.gateway.db_directory import DbGatewayPeers, DbReplicaDirectory
-    from scheduler.gateway.serve import SERVER_OPTIONS, raise_open_files_limit
+    from scheduler.gateway.serve import SERVER_OPTIONS, prepare_process
     from scheduler.inventory.router import inventory_router
     from scheduler.inventory.service import InventoryService
     from scheduler.inventory.usage import SqlUsageSource
@@ -124,7 +124,7 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
         )
         obs.install(app)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM
-            raise_open_files_limit()
+            prepare_process()
             uvicorn.run(
                 app, host=settings.host, port=settings.port, log_level="warning", **SERVER_OPTIONS
             )

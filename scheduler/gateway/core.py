@@ -282,6 +282,8 @@ class Gateway:
     def _pick(self, ex: Exchange, tried: set[str]) -> ReplicaEndpoint | None:
         ready = self._ready(ex.model) or ()
         candidates = tuple(r for r in ready if r.id not in tried) if tried else ready
+        if len(candidates) == 1:  # every policy orders a lone candidate first
+            return candidates[0]
         snapshot = RoutingSnapshot(
             ex.model, candidates, self.load.outstanding(), next(self._sequence)
         )

@@ -170,7 +170,11 @@ class Admission:
     def _state(self, tenant: Tenant) -> _TenantState:
         state = self._tenants.get(tenant.id)
         share = self._peers.share()
-        if state is None or state.limits != tenant.limits or state.share != share:
+        if (
+            state is None
+            or (state.limits is not tenant.limits and state.limits != tenant.limits)
+            or state.share != share
+        ):
             now_s = self._clock()
             lim = tenant.limits
             rank, gateways = share

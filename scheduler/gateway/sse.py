@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DONE_EVENT = b"data: [DONE]\n\n"
-COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) builds one a call
+# json.dumps(separators=) builds an encoder per call; request and event bodies are trees
+# parsed from JSON, never cyclic: no circular-reference bookkeeping
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_DELTA = (b'"content":""', b'"text":""', b'"content": ""', b'"text": ""')
 

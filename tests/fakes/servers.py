@@ -14,8 +14,9 @@ from scheduler.preflight import free_port
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, lifespan: str = "on") -> Iterator[str]:
-    """Yield the base URL (http://127.0.0.1:PORT) while ``app`` is served; stop after."""
+def serve_in_thread(app: Any, *, lifespan: str = "on", http: Any = "auto") -> Iterator[str]:
+    """Yield the base URL (http://127.0.0.1:PORT) while ``app`` is served; stop after.
+    ``http``: uvicorn's HTTP protocol (a name, an import string or a class)."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -25,6 +26,7 @@ def serve_in_thread(app: Any, *, lifespan: str = "on") -> Iterator[str]:
         lifespan=lifespan,
         access_log=False,
         loop="asyncio",
+        http=http,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

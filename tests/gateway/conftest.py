@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from scheduler.gateway.app import create_app
 from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
+from scheduler.gateway.serve import SERVER_OPTIONS
 from scheduler.settings import Settings
 from scheduler.store.tenancy import session_factory
 from scheduler.tenancy import TenancyService, TenantLimits
@@ -97,7 +98,8 @@ def harness(tmp_path: Path, upstream_client: str) -> Iterator[Harness]:
             GatewayConfig.from_settings(settings), upstream_client=upstream_client
         )
         app = create_app(settings, tenancy, table, registry, admin_token=ADMIN_TOKEN, config=config)
-        with serve_in_thread(app) as url:
+        # the gateway's own server protocol, as its entry points run it (gateway/h1server)
+        with serve_in_thread(app, http=SERVER_OPTIONS["http"]) as url:
             admin = httpx.Client(
                 base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
             )

@@ -1,0 +1,179 @@
+"""Where the gateway's CPU goes per request: a short profiling harness (not a benchmark).
+
+Starts the fake engine (tests/fakes/openai_upstream.py) and one gateway process
+(``scheduler.gateway.serve``, uvloop + httptools, as bench/gateway.py runs it), optionally
+under cProfile, drives it with bench/gateway.py's load generator, and prints the gateway's
+CPU per request (from /proc) and, when profiled, its hottest functions. On the 2-core
+machine the gateway runs alone on core 1, generator and engine on core 0.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/gateway_profile.py [--mode plain|stream]
+        [--profile] [-n 4000] [-c 32] [--repo <checkout>]
+
+cProfile adds overhead per Python call, so its times are inflated where calls are many and
+short; use it for where the time goes, and the unprofiled CPU figure for how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.gateway import ADMIN, MODEL, cpu_s, load, pin, wait_healthy  # noqa: E402
+from scheduler.store.tenancy import session_factory  # noqa: E402
+from scheduler.tenancy import TenancyService  # noqa: E402
+from tests.fakes.servers import free_port  # noqa: E402
+
+_GC_WATCH = """
+import gc, signal, sys, time
+from scheduler.gateway.serve import main
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+stats = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+full_ms = []  # each full collection, including one a gateway runs itself before serving
+started = [0.0]
+def watch(phase, info):
+    if phase == "start":
+        started[0] = time.thread_time()
+    else:
+        entry = stats[info["generation"]]
+        entry[0] += 1
+        entry[1] += time.thread_time() - started[0]
+        if info["generation"] == 2:
+            full_ms.append(round((time.thread_time() - started[0]) * 1e3, 1))
+gc.callbacks.append(watch)
+try:
+    main(sys.argv[2:])
+finally:
+    with open(sys.argv[1], "w") as out:
+        for gen, (count, total_s) in stats.items():
+            out.write(f"gc generation {gen}: {count} collections, {total_s * 1e3:.1f} ms CPU in all\\n")
+        out.write(f"full collections (ms CPU, in order): {full_ms}\\n")
+"""
+
+_PROFILED = """
+import cProfile, signal, sys
+from scheduler.gateway.serve import main
+# uvicorn re-raises SIGTERM after its graceful shutdown: exit through the finally below
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+profiler = cProfile.Profile()
+profiler.enable()
+try:
+    main(sys.argv[2:])
+finally:
+    profiler.disable()
+    profiler.dump_stats(sys.argv[1])
+"""
+
+
+def _user_sys_s(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=("plain", "stream"), default="plain")
+    parser.add_argument("--profile", action="store_true", help="run the gateway under cProfile")
+    parser.add_argument("--gc", action="store_true", help="count the gateway's GC pauses")
+    parser.add_argument("-n", type=int, default=4000, help="requests measured")
+    parser.add_argument("-c", type=int, default=32, help="concurrency")
+    parser.add_argument("--rounds", type=int, default=1, help="measured runs (CPU per run)")
+    parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose gateway runs")
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    repo = args.repo.resolve()
+    tmp = Path(tempfile.mkdtemp(prefix="cl-prof-"))
+    up_port, gw_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_upstream", "--port", str(up_port),
+         "--model", MODEL],
+        cwd=REPO, env=env,
+    )  # fmt: skip
+    gateway = None
+    try:
+        direct = f"http://127.0.0.1:{up_port}"
+        wait_healthy(direct)
+        tenancy = TenancyService(session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True))
+        tenancy.create_tenant("bench")
+        key = tenancy.create_key("bench").secret
+        replica = {
+            "id": "r0", "model": MODEL, "engine_model": MODEL, "base_url": direct,
+            "quant": "bf16", "device_class": "cpu", "site": "local", "yuan_per_hour": 1.0,
+            "state": "ready",
+        }  # fmt: skip
+        (tmp / "replicas.json").write_text(json.dumps([replica]))
+        serve_args = ["--replicas", str(tmp / "replicas.json")]
+        if args.profile:
+            cmd = [sys.executable, "-c", _PROFILED, str(tmp / "gw.prof"), *serve_args]
+        elif args.gc:
+            cmd = [sys.executable, "-c", _GC_WATCH, str(tmp / "gc.txt"), *serve_args]
+        else:
+            cmd = [sys.executable, "-m", "scheduler.gateway.serve", *serve_args]
+        gateway = subprocess.Popen(
+            cmd,
+            cwd=repo,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(repo),
+                "CUNLIANG_DATA_DIR": str(tmp / "data"),
+                "CUNLIANG_DATABASE_URL": f"sqlite:///{tmp / 'gw.db'}",
+                "CUNLIANG_ADMIN_TOKEN": ADMIN,
+                "CUNLIANG_PORT": str(gw_port),
+            },
+        )
+        url = f"http://127.0.0.1:{gw_port}"
+        wait_healthy(url, "/healthz")
+        os.sched_setaffinity(0, {0})
+        pin(upstream.pid, {0})
+        pin(gateway.pid, {1})
+        kw = {
+            "stream": args.mode == "stream",
+            "max_tokens": 16 if args.mode == "stream" else 4,
+            "headers": {"Authorization": f"Bearer {key}"},
+        }
+        asyncio.run(load(url, 300, args.c, **kw))  # warm-up
+        for _ in range(args.rounds):
+            cpu0 = cpu_s(gateway.pid)
+            us0 = _user_sys_s(gateway.pid)
+            t0 = time.perf_counter()
+            run = asyncio.run(load(url, args.n, args.c, **kw))
+            wall = time.perf_counter() - t0
+            cpu = cpu_s(gateway.pid) - cpu0
+            user_s, sys_s = (b - a for a, b in zip(us0, _user_sys_s(gateway.pid), strict=True))
+            done = max(1, len(run.latencies_s))
+            print(
+                f"{args.mode} c={args.c} n={done} errors={run.errors} "
+                f"rps={done / wall:.0f} p50={run.pct(50) * 1e3:.2f}ms "
+                f"p99={run.pct(99) * 1e3:.2f}ms gateway_cpu={cpu / done * 1e6:.0f}us/request "
+                f"(user {user_s / done * 1e6:.0f}, system {sys_s / done * 1e6:.0f}) "
+                f"load={os.getloadavg()[0]:.1f}"
+            )
+    finally:
+        for proc in (gateway, upstream):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    if args.gc:
+        print((tmp / "gc.txt").read_text(), end="")
+    if args.profile:
+        stats = pstats.Stats(str(tmp / "gw.prof"))
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
