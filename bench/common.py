@@ -55,3 +55,22 @@ def write_result(name: str, metrics: dict[str, float], **extra: Any) -> Path:
     }
     path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def gateway_fixture(tmp: Path, engine_url: str, model: str) -> tuple[str, Path]:
+    """A gateway database (``tmp/gw.db``) with tenant "bench", and a replicas file naming
+    one ready replica of ``model`` at ``engine_url``: (that tenant's API key, the file)."""
+    from scheduler.store.tenancy import session_factory
+    from scheduler.tenancy import TenancyService
+
+    tenancy = TenancyService(session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True))
+    tenancy.create_tenant("bench")
+    key = tenancy.create_key("bench").secret
+    replica = {
+        "id": "r0", "model": model, "engine_model": model, "base_url": engine_url,
+        "quant": "bf16", "device_class": "cpu", "site": "local", "yuan_per_hour": 1.0,
+        "state": "ready",
+    }  # fmt: skip
+    replicas = tmp / "replicas.json"
+    replicas.write_text(json.dumps([replica]))
+    return key, replicas

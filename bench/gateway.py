@@ -48,9 +48,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
-from scheduler.store.tenancy import session_factory  # noqa: E402
-from scheduler.tenancy import TenancyService  # noqa: E402
+from bench.common import gateway_fixture, machine  # noqa: E402
 from tests.fakes.servers import free_port  # noqa: E402
 
 MODEL = "bench-model"
@@ -209,27 +207,7 @@ def main() -> int:
         )
         direct = f"http://127.0.0.1:{up_port}"
         wait_healthy(direct)
-        sessions = session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True)
-        tenancy = TenancyService(sessions)
-        tenancy.create_tenant("bench")
-        key = tenancy.create_key("bench").secret
-        (tmp / "replicas.json").write_text(
-            json.dumps(
-                [
-                    {
-                        "id": "r0",
-                        "model": MODEL,
-                        "engine_model": MODEL,
-                        "base_url": direct,
-                        "quant": "bf16",
-                        "device_class": "cpu",
-                        "site": "local",
-                        "yuan_per_hour": 1.0,
-                        "state": "ready",
-                    }
-                ]
-            )
-        )
+        key, replicas_file = gateway_fixture(tmp, direct, MODEL)
         pids = {"upstream": procs[0]}
         targets: dict[str, tuple[str, dict[str, str]]] = {"direct": (direct, {})}
         # the gateway of this checkout, and optionally one of another checkout side by side
@@ -239,7 +217,7 @@ def main() -> int:
         for name, checkout in checkouts.items():
             port = free_port()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "scheduler.gateway.serve", "--replicas", str(tmp / "replicas.json")],
+                [sys.executable, "-m", "scheduler.gateway.serve", "--replicas", str(replicas_file)],
                 cwd=checkout,
                 env={
                     **os.environ,

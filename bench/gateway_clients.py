@@ -25,12 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import (  # type: ignore[import-not-found]
     MODEL,
     REPO,
-    TenancyService,
     cpu_s,
     free_port,
+    gateway_fixture,
     load,
     machine,
-    session_factory,
     start,
     wait_healthy,
 )
@@ -59,19 +58,12 @@ def main() -> int:
         )
         direct = f"http://127.0.0.1:{up}"
         wait_healthy(direct)
-        tenancy = TenancyService(session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True))
-        tenancy.create_tenant("bench")
-        key = tenancy.create_key("bench").secret
-        replica = {
-            "id": "r0", "model": MODEL, "engine_model": MODEL, "base_url": direct, "quant": "bf16",
-            "device_class": "cpu", "site": "local", "yuan_per_hour": 1.0, "state": "ready",
-        }  # fmt: skip
-        (tmp / "replicas.json").write_text(json.dumps([replica]))
+        key, replicas_file = gateway_fixture(tmp, direct, MODEL)
         gateways = {}
         for client in CLIENTS:
             port = free_port()
             proc = start(
-                [sys.executable, "-m", "scheduler.gateway.serve", "--replicas", str(tmp / "replicas.json"), "--upstream-client", client],
+                [sys.executable, "-m", "scheduler.gateway.serve", "--replicas", str(replicas_file), "--upstream-client", client],
                 env={
                     "CUNLIANG_DATA_DIR": str(tmp / client),
                     "CUNLIANG_DATABASE_URL": f"sqlite:///{tmp / 'gw.db'}",

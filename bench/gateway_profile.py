@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pstats
 import signal
@@ -30,9 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import gateway_fixture  # noqa: E402
 from bench.gateway import ADMIN, MODEL, cpu_s, load, pin, wait_healthy  # noqa: E402
-from scheduler.store.tenancy import session_factory  # noqa: E402
-from scheduler.tenancy import TenancyService  # noqa: E402
 from tests.fakes.servers import free_port  # noqa: E402
 
 _GC_WATCH = """
@@ -106,16 +104,8 @@ def main() -> int:
     try:
         direct = f"http://127.0.0.1:{up_port}"
         wait_healthy(direct)
-        tenancy = TenancyService(session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True))
-        tenancy.create_tenant("bench")
-        key = tenancy.create_key("bench").secret
-        replica = {
-            "id": "r0", "model": MODEL, "engine_model": MODEL, "base_url": direct,
-            "quant": "bf16", "device_class": "cpu", "site": "local", "yuan_per_hour": 1.0,
-            "state": "ready",
-        }  # fmt: skip
-        (tmp / "replicas.json").write_text(json.dumps([replica]))
-        serve_args = ["--replicas", str(tmp / "replicas.json")]
+        key, replicas_file = gateway_fixture(tmp, direct, MODEL)
+        serve_args = ["--replicas", str(replicas_file)]
         if args.profile:
             cmd = [sys.executable, "-c", _PROFILED, str(tmp / "gw.prof"), *serve_args]
         elif args.gc:

@@ -8,6 +8,7 @@ ReplicaEndpoint fields. Settings come from the environment (CUNLIANG_*), built h
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import gc
 import json
@@ -45,6 +46,9 @@ def prepare_process() -> int:
     well under a millisecond."""
     gc.collect()
     gc.freeze()
+    # at exit, hand them back: extension modules (nanobind's, imported with vLLM by `cunliang
+    # up`) report every object still alive at their teardown as a leak
+    atexit.register(gc.unfreeze)
     return raise_open_files_limit()
 
 
