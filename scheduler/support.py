@@ -21,7 +21,6 @@ Sources: vLLM's quantisation hardware table (docs.vllm.ai, features/quantization
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from scheduler.domain import DeviceKind, DeviceSpec, Engine, Quant
@@ -117,18 +116,4 @@ def _cpu_engine(spec: DeviceSpec, quant: Quant, proven: bool) -> EngineChoice:
         return EngineChoice(Engine.VLLM_CPU, f"vllm-cpu in {quant} (proved by a profile)", dtype)
     return EngineChoice(
         None, f"{quant} on CPU {spec.model} is unproven: run the profiler (cunliang agent) first"
-    )
-
-
-def proven_quants(names: Iterable[str]) -> frozenset[Quant]:
-    """Formats a profile proved, from vLLM dtype names or Quant values.
-
-    ``("float32", "bfloat16", "int8-w8a8")`` -> {FP32, BF16, INT8_W8A8}; unknown names
-    are ignored (a newer agent may report formats this version does not know).
-    """
-    values = {q.value for q in Quant}
-    return frozenset(
-        DTYPE_QUANT[n] if n in DTYPE_QUANT else Quant(n)
-        for n in names
-        if n in DTYPE_QUANT or n in values
     )

@@ -9,9 +9,10 @@ records wait). A flush is a thread holding the GIL for SQLAlchemy plus a databas
 run once per request (as at a 50 ms interval at low request rates) it landed inside most
 requests' time to first token and added ~14 ms to it (bench/runtime.py, issue 5); once a
 second it is one batch whatever the rate. The gateway's usage endpoints flush before reading.
-At startup ``replay()`` inserts what the segments hold and deletes them. Inserts skip request ids already stored (unique column), so a crash
-between insert and delete never duplicates a record, and a SIGKILL never loses one whose
-response completed (the page cache survives the process; ``fsync=True`` covers power loss).
+At startup ``replay()`` inserts what the segments hold and deletes them. Inserts skip request
+ids already stored (unique column), so a crash between insert and delete never duplicates a
+record, and a SIGKILL never loses one whose response completed (the page cache survives the
+process; ``fsync=True`` covers power loss).
 
 One gateway process per WAL directory (enforced with an flock).
 """

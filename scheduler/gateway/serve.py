@@ -77,7 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--create-tables", action="store_true", help="create tables (dev)")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument(
-        "--usage-flush-interval-s", type=float, default=1.0, help="WAL to database batching"
+        "--usage-flush-interval-s",
+        type=float,
+        default=GatewayConfig.usage_flush_interval_s,
+        help="WAL to database batching",
     )
     parser.add_argument("--upstream-client", default="h1", choices=("h1", "aiohttp", "httpx"))
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ import pytest
 from scheduler.catalog import lookup_device, lookup_model
 from scheduler.domain import DeviceKind, DeviceSpec, Engine, Quant
 from scheduler.perf import Workload, predict
-from scheduler.support import proven_quants, select_engine
+from scheduler.support import DTYPE_QUANT, select_engine
 
 
 def device(name: str) -> DeviceSpec:
@@ -76,7 +76,7 @@ def test_cpu_fp32_always_bf16_only_when_proven() -> None:
     assert select_engine(EPYC, Quant.FP32).engine is Engine.VLLM_CPU
     unproven = select_engine(EPYC, Quant.BF16)
     assert not unproven.ok and "profiler" in unproven.reason
-    proven = proven_quants(("float32", "bfloat16"))
+    proven = frozenset({DTYPE_QUANT["float32"], DTYPE_QUANT["bfloat16"]})
     assert select_engine(EPYC, Quant.BF16, proven).engine is Engine.VLLM_CPU
 
 
@@ -92,9 +92,8 @@ def test_cpu_without_avx2_is_refused() -> None:
     assert not select_engine(old, Quant.FP32).ok
 
 
-def test_proven_quants_reads_dtype_names_and_quant_values() -> None:
-    proven = proven_quants(["float32", "bfloat16", "int8-w8a8", "fp8-future"])
-    assert proven == {Quant.FP32, Quant.BF16, Quant.INT8_W8A8}
+def test_a_profile_proved_int8_runs_on_vllm_cpu() -> None:
+    proven = frozenset({Quant.FP32, Quant.BF16, Quant.INT8_W8A8})
     assert select_engine(EPYC, Quant.INT8_W8A8, proven).engine is Engine.VLLM_CPU
 
 
