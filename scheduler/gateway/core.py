@@ -42,7 +42,7 @@ from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.limits import Admission, Permit
 from scheduler.gateway.load import LoadTicket, ReplicaLoad, cost_yuan
 from scheduler.gateway.metering import UsageWriter
-from scheduler.gateway.meters import MetricChildren
+from scheduler.gateway.meters import GatewayMeters
 from scheduler.gateway.peers import GatewayPeers
 from scheduler.gateway.replicas import ReplicaDirectory, ReplicaEndpoint
 from scheduler.gateway.routing import RoutingPolicy, RoutingSnapshot, eligible
@@ -141,7 +141,7 @@ class Gateway:
         # processes and restarts without a random draw per request)
         self._id_prefix = f"req-{secrets.token_hex(8)}-"
         self._ids = itertools.count()
-        self._children = MetricChildren(metrics)
+        self.meters = GatewayMeters(metrics)  # folded into the registry at scrape time
         self._indexed: Sequence[ReplicaEndpoint] | None = None  # snapshot _ready_by_model is of
         self._ready_by_model: dict[str, tuple[ReplicaEndpoint, ...]] = {}
 
@@ -293,15 +293,13 @@ class Gateway:
     def _attach(self, ex: Exchange, replica: ReplicaEndpoint) -> None:
         ex.replica = replica
         ex.rename = model_rewriter(replica.engine_model, ex.model)
-        ex.ticket = self.load.start(replica.id, self.clock())
-        self._children.outstanding(replica).inc()
+        ex.ticket = self.load.start(replica.id, self.clock())  # /metrics reads in_flight
 
     def _detach(self, ex: Exchange) -> float:
         """Release the replica; returns the request's busy share in seconds."""
         share = 0.0
         if ex.ticket is not None and ex.replica is not None:
             share = self.load.finish(ex.ticket, self.clock())
-            self._children.outstanding(ex.replica).dec()
         ex.ticket = None
         return share
 
@@ -374,11 +372,7 @@ class Gateway:
         usage = usage_of_body(content) or {}
         ex.tally.usage = usage
         self.finish(ex, 200)
-        return Response(
-            rewrite(content, ex.rename) if ex.rename else content,
-            media_type="application/json",
-            headers={"x-request-id": ex.request_id},
-        )
+        return JsonAnswer(rewrite(content, ex.rename) if ex.rename else content, ex.request_id)
 
     def _upstream_error(self, ex: Exchange, status: int, content: bytes) -> Response:
         """Forward an engine 4xx (e.g. context too long) in OpenAI format, same status."""
@@ -461,21 +455,16 @@ class Gateway:
             self.admission.release(ex.permit, prompt_tokens + completion_tokens)
         model_label = ex.model if ex.model_known else UNKNOWN_LABEL
         tenant_label = ex.principal.tenant.name if ex.principal else UNKNOWN_LABEL
-        children = self._children
-        children.requests(model_label, tenant_label, status).inc()
+        meters = self.meters
+        meters.request(model_label, tenant_label, status)
         if ex.principal is None:
             return
         if replica is not None:
-            tokens = children.tokens(model_label, replica, tenant_label)
-            tokens.prompt.inc(prompt_tokens)
-            tokens.completion.inc(completion_tokens)
-            tokens.cost_yuan.inc(cost)
-            latency = children.latency(model_label)
-            latency.e2e.observe(latency_s)
-            if ttft_s is not None:
-                latency.ttft.observe(ttft_s)
-                if completion_tokens > 1:
-                    latency.tpot.observe((latency_s - ttft_s) / (completion_tokens - 1))
+            meters.usage(model_label, replica, tenant_label, prompt_tokens, completion_tokens, cost)
+            tpot_s = None
+            if ttft_s is not None and completion_tokens > 1:
+                tpot_s = (latency_s - ttft_s) / (completion_tokens - 1)
+            meters.latency(model_label, latency_s, ttft_s, tpot_s)
         tenant_id = ex.principal.tenant.id
         self.writer.submit(
             UsageRecord(
@@ -500,6 +489,23 @@ class Gateway:
         self.admission.on_recorded(
             tenant_id, ex.created_at, prompt_tokens + completion_tokens, cost
         )
+
+
+class JsonAnswer(Response):
+    """A complete 200 JSON answer, its three headers encoded directly (what Response's
+    ``init_headers`` would produce from a headers mapping, without walking one)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, request_id: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.encode()),
+        ]
 
 
 def _server_side(event: dict[str, Any]) -> bool:

@@ -34,6 +34,7 @@ async def healthz(gateway: GatewayDep) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text exposition of the injected registry."""
+    gateway.meters.flush()  # the request path's counts since the last scrape
     refresh_replica_gauges(gateway)
     return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
 
