@@ -314,7 +314,7 @@ class TenancyService:
     def record_usage(self, records: Sequence[UsageRecord]) -> int:
         """Store records, skipping request ids already stored; returns how many were new."""
         with self._sessions.begin() as session:
-            return store.insert_usage(session, [dict(vars(r)) for r in records])
+            return store.insert_usage(session, records)
 
     def usage_summary(
         self, tenant_name: str, since: datetime, until: datetime | None = None

@@ -7,6 +7,7 @@ owns the transaction.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -24,7 +25,6 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    insert,
     select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -118,27 +118,43 @@ def keys_of(session: Session, tenant_id: int | None) -> Sequence[tuple[ApiKeyRow
     return [(r[0], r[1]) for r in rows]
 
 
-def existing_request_ids(session: Session, request_ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(request_ids), 500):  # stay under SQLite's variable limit
-        chunk = request_ids[start : start + 500]
-        found.update(
-            session.scalars(select(UsageRow.request_id).where(UsageRow.request_id.in_(chunk)))
-        )
-    return found
+# the columns a usage record fills, in table order (the id is the database's)
+USAGE_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in cast(Table, UsageRow.__table__).columns if c.name != "id"
+)
+_usage_values = operator.attrgetter(*USAGE_COLUMNS)
+_CREATED_AT = USAGE_COLUMNS.index("created_at")
+# how SQLAlchemy's SQLite DateTime stores a value (naive UTC text, always 6 digits of us)
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def insert_usage(session: Session, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert usage rows whose request_id is not stored yet; returns how many were new."""
-    if not rows:
+def insert_usage(session: Session, records: Sequence[Any]) -> int:
+    """Insert usage records (objects with an attribute per ``USAGE_COLUMNS`` name, e.g.
+    ``tenancy.UsageRecord``; ``created_at`` timezone-aware) whose request id is not stored
+    yet; returns how many were new.
+
+    The gateway's flush moves a second of traffic at a time (thousands of rows): one
+    ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` executemany of plain tuples through
+    the driver, without SQLAlchemy's per-row bind processing (which cost ~60% more CPU per
+    row, all of it holding the GIL the gateway's event loop needs)."""
+    if not records:
         return 0
-    unique: dict[str, dict[str, Any]] = {r["request_id"]: r for r in rows}
-    known = existing_request_ids(session, list(unique))
-    fresh = [r for rid, r in unique.items() if rid not in known]
-    if fresh:
-        # a Core executemany on the table: the ORM's bulk path costs ~40% more CPU per row
-        session.execute(insert(cast(Table, UsageRow.__table__)), fresh)
-    return len(fresh)
+    bind = session.get_bind()
+    sqlite = bind.dialect.name == "sqlite"
+    mark = "?" if bind.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
+        f"VALUES ({', '.join([mark] * len(USAGE_COLUMNS))}) "
+        "ON CONFLICT (request_id) DO NOTHING"
+    )
+    rows = []
+    for record in records:
+        values = list(_usage_values(record))
+        created_at = values[_CREATED_AT].astimezone(UTC)
+        values[_CREATED_AT] = created_at.strftime(_SQLITE_DATETIME) if sqlite else created_at
+        rows.append(tuple(values))
+    result = session.connection().exec_driver_sql(sql, rows)
+    return int(result.rowcount)
 
 
 def usage_totals(

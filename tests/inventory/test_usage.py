@@ -3,7 +3,7 @@ the gateway's own ``insert_usage``, on both backends."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,8 @@ import pytest
 from scheduler.inventory.service import InventoryService
 from scheduler.inventory.usage import SqlUsageSource
 from scheduler.store.db import Database, open_database
-from scheduler.store.tenancy import TenantRow, insert_usage
+from scheduler.store.tenancy import USAGE_COLUMNS, TenantRow, UsageRow, insert_usage
+from scheduler.tenancy import TenancyService, UsageRecord
 from tests.fakes.inventory import FakeClock
 from tests.inventory.conftest import GUIAN, t4_node
 from tests.inventory.test_service import good_profile
@@ -38,22 +39,23 @@ def record(db: Database, rows: list[tuple[str, str, int, int, timedelta]], now: 
         return insert_usage(
             session,
             [
-                {
-                    "request_id": f"r{i}-{m}-{n}-{age.total_seconds()}",
-                    "tenant_id": tenant.id,
-                    "model": m,
-                    "quant": "fp16",
-                    "replica_id": f"{m}/x",
-                    "device_class": c,
-                    "site": "guian",
-                    "prompt_tokens": 10,
-                    "completion_tokens": n,
-                    "latency_ms": 100.0,
-                    "cost_yuan": 0.0,
-                    "status": s,
-                    "stream": False,
-                    "created_at": now - age,
-                }
+                UsageRecord(
+                    request_id=f"r{i}-{m}-{n}-{age.total_seconds()}",
+                    tenant_id=tenant.id,
+                    key_id=None,
+                    model=m,
+                    quant="fp16",
+                    replica_id=f"{m}/x",
+                    device_class=c,
+                    site="guian",
+                    prompt_tokens=10,
+                    completion_tokens=n,
+                    latency_ms=100.0,
+                    cost_yuan=0.0,
+                    status=s,
+                    stream=False,
+                    created_at=now - age,
+                )
                 for i, (m, c, n, s, age) in enumerate(rows)
             ],
         )
@@ -106,3 +108,55 @@ def test_assessment_and_demand_from_real_usage_records(db: Database, clock: Fake
         "qwen", FromUsageIn(window_hours=week / timedelta(hours=1), headroom=0.0), "t"
     )
     assert demand.output_tokens_per_s == pytest.approx(1_000_000 / week.total_seconds(), rel=1e-3)
+
+
+def test_insert_usage_skips_stored_ids_and_round_trips_every_field(db: Database) -> None:
+    """The gateway's flush path (driver-level executemany, ON CONFLICT DO NOTHING): the
+    count of new rows, duplicates within and across batches skipped, and every field read
+    back through the ORM as written (datetimes in UTC to the microsecond)."""
+    tenancy = TenancyService(db.sessions)
+    tenant = tenancy.create_tenant("globex")
+    key = tenancy.create_key("globex").info.id
+    shanghai = timezone(timedelta(hours=8))
+
+    def rec(i: int, **over: object) -> UsageRecord:
+        fields: dict[str, object] = {
+            "request_id": f"req-{i}",
+            "tenant_id": tenant.id,
+            "key_id": key if i % 2 else None,
+            "model": "qwen",
+            "status": 200 if i % 3 else 429,
+            "created_at": datetime(2026, 12, 6, 13, 0, i, 1000 * i, tzinfo=shanghai),
+            "quant": "int8-w8a8",
+            "replica_id": f"qwen/{i}",
+            "device_class": "cpu-epyc",
+            "site": "guian",
+            "prompt_tokens": 10 + i,
+            "completion_tokens": 3 * i,
+            "ttft_ms": None if i % 2 else 12.5 + i,
+            "latency_ms": 100.25 + i,
+            "cost_yuan": 1e-6 * i,
+            "stream": bool(i % 2),
+        }
+        fields.update(over)
+        return UsageRecord(**fields)  # type: ignore[arg-type]
+
+    first = [rec(i) for i in range(5)]
+    assert tenancy.record_usage(first) == 5
+    # a replayed WAL segment overlapping the database, with a duplicate inside the batch
+    again = [rec(3, completion_tokens=999), rec(5), rec(6), rec(6)]
+    assert tenancy.record_usage(again) == 2
+    assert tenancy.record_usage([]) == 0
+    with db.sessions() as session:
+        stored = {row.request_id: row for row in session.query(UsageRow)}
+    assert sorted(stored) == [f"req-{i}" for i in range(7)]
+    for want in [*first, rec(5), rec(6)]:
+        row = stored[want.request_id]
+        for name in USAGE_COLUMNS:
+            got = getattr(row, name)
+            if name == "created_at":
+                got = got.replace(tzinfo=UTC) if got.tzinfo is None else got
+                assert got == want.created_at, name
+            else:
+                assert got == getattr(want, name), name
+    assert stored["req-3"].completion_tokens == 9  # the first write wins
