@@ -79,14 +79,17 @@ class OneWriteCycle(RequestResponseCycle):
             self.on_response()
 
     def _encode_head(self, status: int, headers: Any) -> bytes:
-        """uvicorn's head encoding (same checks, default headers and framing)."""
+        """uvicorn's head encoding (same default headers and framing). The header checks
+        run on the response's own headers only, not again on uvicorn's default headers
+        (date, server: its own, the same for every response)."""
         content = [STATUS_LINE[status]]
         has_connection_close = False
-        for name, value in (*self.default_headers, *headers):
+        for name, value in headers:
             if HEADER_RE.search(name):
                 raise RuntimeError("Invalid HTTP header name.")
             if HEADER_VALUE_RE.search(value):
                 raise RuntimeError("Invalid HTTP header value.")
+        for name, value in (*self.default_headers, *headers):
             name = name.lower()
             if name == b"content-length" and self.chunked_encoding is None:
                 self.expected_content_length = int(value.decode())
