@@ -128,9 +128,8 @@ class DbGatewayPeers(_EveryInterval):
 
     def refresh(self) -> None:
         now = self._clock()
-        with self._sessions.begin() as session:
+        with self._sessions.begin() as session:  # one transaction: write, then count
             gateway_heartbeat(session, self.id, now)
-        with self._sessions() as session:
             live = live_gateways(session, now - self._live_within)
         if self.id not in live:  # just written, so only a lost write drops it: count us
             live = sorted([*live, self.id])
