@@ -96,7 +96,7 @@ async def load(
                     ) as r:
                         if r.status != 200:
                             run.errors += 1
-                            await r.read()
+                            print("ERR", r.status, (await r.read())[:300], flush=True)
                             continue
                         if not stream:
                             await r.read()
@@ -109,7 +109,8 @@ async def load(
                                         first = time.perf_counter()
                             if first is not None:
                                 run.ttft_s.append(first - t0)
-                except aiohttp.ClientError:
+                except aiohttp.ClientError as exc:
+                    print("EXC", repr(exc)[:300], flush=True)
                     run.errors += 1
                     continue
                 run.latencies_s.append(time.perf_counter() - t0)
