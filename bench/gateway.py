@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -61,6 +62,7 @@ class Run:
     ttft_s: list[float] = field(default_factory=list)
     tokens: int = 0
     errors: int = 0
+    error_causes: collections.Counter[str] = field(default_factory=collections.Counter)
     wall_s: float = 0.0
 
     def pct(self, q: float, values: list[float] | None = None) -> float:
@@ -96,7 +98,8 @@ async def load(
                     ) as r:
                         if r.status != 200:
                             run.errors += 1
-                            print("ERR", r.status, (await r.read())[:300], flush=True)
+                            body = await r.read()
+                            run.error_causes[f"HTTP {r.status}: {body[:120]!r}"] += 1
                             continue
                         if not stream:
                             await r.read()
@@ -110,8 +113,8 @@ async def load(
                             if first is not None:
                                 run.ttft_s.append(first - t0)
                 except aiohttp.ClientError as exc:
-                    print("EXC", repr(exc)[:300], flush=True)
                     run.errors += 1
+                    run.error_causes[repr(exc)[:160]] += 1
                     continue
                 run.latencies_s.append(time.perf_counter() - t0)
 
@@ -308,6 +311,8 @@ def main() -> int:
                                 f"load={os.getloadavg()[0]:.1f}",
                                 file=sys.stderr,
                             )
+                            for cause, count in run.error_causes.most_common(5):
+                                print(f"  {count} x {cause}", file=sys.stderr)
         metrics = summarise(samples, layouts, levels, stream_tokens)
     finally:
         for p in reversed(procs):

@@ -152,6 +152,8 @@ def main() -> int:
                 f"(user {user_s / done * 1e6:.0f}, system {sys_s / done * 1e6:.0f}) "
                 f"load={os.getloadavg()[0]:.1f}"
             )
+            for cause, count in run.error_causes.most_common(5):
+                print(f"  {count} x {cause}")
     finally:
         for proc in (gateway, upstream):
             if proc is not None:
