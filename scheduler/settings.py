@@ -12,6 +12,20 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# environment variables an engine started on another machine gets from the scheduler
+# (vLLM and its CPU backend, Hugging Face hub/cache, tokenizers, OpenMP, llama.cpp)
+ENGINE_ENV_PREFIXES = (
+    "VLLM_",
+    "HF_",
+    "HUGGING_FACE_",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+    "OMP_",
+    "KMP_",
+    "LLAMA_",
+    "GGML_",
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CUNLIANG_", extra="ignore")
@@ -57,8 +71,15 @@ class Settings(BaseSettings):
     engine_start_timeout_s: float = 600.0
 
     def engine_base_env(self) -> dict[str, str]:
-        """The environment engine subprocesses inherit (the one place that reads it)."""
+        """The environment engine subprocesses on this machine inherit (`cunliang up`)."""
         return dict(os.environ)
+
+    def engine_env_overrides(self) -> dict[str, str]:
+        """What this process hands engines it starts on other machines (Ray actors): the
+        engine and library settings only (``ENGINE_ENV_PREFIXES``). The worker merges them
+        onto its own node's environment: PATH, HOME, the virtualenv, the devices and this
+        process's secrets (CUNLIANG_ADMIN_TOKEN, the database URL) stay where they are."""
+        return {k: v for k, v in os.environ.items() if k.startswith(ENGINE_ENV_PREFIXES)}
 
     @property
     def resolved_database_url(self) -> str:

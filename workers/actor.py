@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import signal
 import socket
 import threading
@@ -30,6 +31,11 @@ from workers.engines.base import Engine
 from workers.engines.vllm_server import VllmConfig, VllmServer
 
 EngineFactory = Callable[[VllmConfig, Path], Engine]
+
+
+def node_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """This machine's environment with ``overrides`` on top (evaluated where it runs)."""
+    return {**os.environ, **overrides}
 
 
 class ReplicaActor:
@@ -52,8 +58,12 @@ class ReplicaActor:
         self.metadata = dict(metadata or {})
         self.config = config
         self.log_path = Path(log_dir) / f"engine-{_safe(replica_id)}.log"
+        # the scheduler sends engine settings only (Settings.engine_env_overrides): the
+        # engine runs with this machine's environment plus them
         factory = engine_factory or (
-            lambda cfg, log: VllmServer(cfg, log, env=env, start_timeout_s=start_timeout_s)
+            lambda cfg, log: VllmServer(
+                cfg, log, env=node_env(env), start_timeout_s=start_timeout_s
+            )
         )
         self._engine: Engine = factory(config, self.log_path)
         self._base_url: str | None = None

@@ -43,7 +43,7 @@ def vllm_actor_args(settings: Settings, models: Callable[[], Mapping[str, ModelS
             kv_cache_gib=settings.kv_cache_gib,
         )
         return (replica_id, config, Path(settings.data_dir) / "logs"), {
-            "env": engine_env(settings.engine_base_env(), settings.kv_cache_gib),
+            "env": engine_env(settings.engine_env_overrides(), settings.kv_cache_gib),
             "start_timeout_s": settings.engine_start_timeout_s,
             "metadata": replica_to_info(replica),
         }
@@ -59,6 +59,7 @@ def llamacpp_args(
     start (cached beside it). Every layer is offered to the GPU (``-1``): a CUDA build on
     a pre-Volta node offloads them all, a CPU build or a machine without a GPU keeps them
     on the CPU; the Ray resource pin decides which machine it is."""
+    from workers.actor import node_env
     from workers.engines.llamacpp import LlamaCppConfig, LlamaCppServer
 
     config = LlamaCppConfig(
@@ -69,12 +70,13 @@ def llamacpp_args(
         max_model_len=min(settings.max_model_len, spec.arch.max_model_len),
     )
     timeout_s = settings.engine_start_timeout_s
-    env = settings.engine_base_env()
+    env = settings.engine_env_overrides()
     return (replica_id, config, Path(settings.data_dir) / "logs"), {
         "env": env,
         "start_timeout_s": timeout_s,
         "metadata": replica_to_info(replica),
+        # called in the actor, on the replica's machine: its environment plus the overrides
         "engine_factory": lambda cfg, log: LlamaCppServer(
-            cfg, log, env=env, start_timeout_s=timeout_s
+            cfg, log, env=node_env(env), start_timeout_s=timeout_s
         ),
     }

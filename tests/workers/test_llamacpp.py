@@ -221,3 +221,43 @@ def test_actor_args_pick_the_gguf_variant(tmp_path: Path) -> None:
     assert config.model == "/m/hf" and config.quant is Quant.GGUF_Q4_K_M
     with pytest.raises(NotFound, match="not registered"):
         vllm_actor_args(Settings(data_dir=tmp_path), lambda: {})("r2", replica)
+
+
+def test_engines_on_other_machines_get_engine_settings_not_the_heads_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actor arguments carry VLLM_/HF_/OMP_... settings only; the engine's environment
+    is the node's own (PATH, HOME, secrets stay local) with those on top."""
+    from scheduler.catalog import arch_from_hf_config
+    from scheduler.domain import ModelSpec
+    from scheduler.runtime.actors import vllm_actor_args
+    from scheduler.settings import Settings
+    from workers.actor import node_env
+
+    monkeypatch.setenv("CUNLIANG_ADMIN_TOKEN", "head-secret")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    arch = arch_from_hf_config(
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "num_hidden_layers": 4,
+         "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 512,
+         "vocab_size": 1000, "max_position_embeddings": 512},
+        "demo",
+    )  # fmt: skip
+    spec = ModelSpec("demo", "/m/hf", arch)
+    build = vllm_actor_args(Settings(data_dir=tmp_path), lambda: {"demo": spec})
+    for replica in (
+        Replica("demo", Quant.FP32, "cpu/epyc", Engine.VLLM_CPU),
+        Replica("demo", Quant.GGUF_Q4_K_M, "old/tesla-p40", Engine.LLAMA_CPP),
+    ):
+        _args, kwargs = build("r0", replica)
+        shipped = kwargs["env"]
+        assert shipped["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+        assert shipped["HF_HUB_OFFLINE"] == "1" and shipped["OMP_NUM_THREADS"] == "1"
+        assert not {"CUNLIANG_ADMIN_TOKEN", "PATH", "HOME"} & set(shipped), replica.engine
+    # on the worker's machine (here: a different PATH), the node's variables win except
+    # for the shipped overrides
+    monkeypatch.setenv("PATH", "/node/bin:/usr/bin")
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    env = node_env({"OMP_NUM_THREADS": "1"})
+    assert env["PATH"] == "/node/bin:/usr/bin" and env["OMP_NUM_THREADS"] == "1"
