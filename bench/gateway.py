@@ -165,6 +165,9 @@ def pin(pid: int, cpus: set[int]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small counts (smoke run)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply the request counts (longer runs)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument(
         "--vllm-router", default="/tmp/vr-venv/bin/vllm-router", help="router binary if any"
@@ -181,7 +184,7 @@ def main() -> int:
     if os.cpu_count() != 2 or any(name not in LAYOUTS for name in layouts):
         print("bench/gateway.py: needs a 2-core machine and layouts from", list(LAYOUTS))
         return 2
-    scale = 0.2 if args.quick else 1.0
+    scale = 0.2 if args.quick else args.scale
     chosen = {int(c) for c in args.concurrency.split(",") if c}
     levels = {1: int(300 * scale), 32: int(2000 * scale), 256: int(3000 * scale)}
     stream_levels = {1: int(150 * scale), 32: int(800 * scale), 256: int(1500 * scale)}
