@@ -384,6 +384,19 @@ def summarise(
         metrics[f"{tag}_added_p50_ms"] = round(stats["p50_ms"] - d["p50_ms"], 3)
         metrics[f"{tag}_added_p99_ms"] = round(stats["p99_ms"] - d["p99_ms"], 3)
         metrics[f"{tag}_throughput_ratio"] = round(stats["requests_per_s"] / d["requests_per_s"], 3)
+        # paired per round (proxy and direct ran back to back): robust to a round where
+        # the whole machine was slower, which moves medians of the two series apart
+        raw, direct_raw = samples[(layout, mode, c, name)], samples[(layout, mode, c, "direct")]
+        for stat, paired in (
+            ("throughput_ratio", lambda p, q: p["requests_per_s"] / q["requests_per_s"]),
+            ("added_p50_ms", lambda p, q: p["p50_ms"] - q["p50_ms"]),
+            ("added_p99_ms", lambda p, q: p["p99_ms"] - q["p99_ms"]),
+        ):
+            per_round = [
+                paired({k: v[i] for k, v in raw.items()}, {k: v[i] for k, v in direct_raw.items()})
+                for i in range(len(raw["p50_ms"]))
+            ]
+            metrics[f"{tag}_{stat}_median_of_rounds"] = round(statistics.median(per_round), 3)
         if mode == "stream":
             metrics[f"{tag}_added_per_token_p50_ms"] = round(
                 (stats["p50_ms"] - d["p50_ms"]) / stream_tokens, 4
@@ -414,7 +427,10 @@ def markdown_row(m: dict[str, float], layout: str) -> str:
         )
         return (
             f"{name}: added p50/p99 {added}; c=32 throughput "
-            f"{m[f'{t}32_{name}_throughput_ratio']:.0%} (streams "
+            f"{m[f'{t}32_{name}_throughput_ratio']:.0%} (per-round median "
+            f"{m[f'{t}32_{name}_throughput_ratio_median_of_rounds']:.0%}, added p50/p99 "
+            f"{m[f'{t}32_{name}_added_p50_ms_median_of_rounds']}/"
+            f"{m[f'{t}32_{name}_added_p99_ms_median_of_rounds']} ms; streams "
             f"{m[f'{s}_throughput_ratio']:.0%}, +{m[f'{s}_added_per_token_p50_ms']} ms/token); "
             f"CPU {m[f'{t}32_{name}_proxy_cpu_us_per_request']:.0f} µs/request, "
             f"{m[f'{s}_proxy_cpu_us_per_request']:.0f} µs/stream"
