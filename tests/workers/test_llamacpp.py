@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import OpenAI
@@ -189,18 +190,23 @@ def test_a_pre_volta_gpu_replica_is_planned_on_llama_cpp_and_serves(
     assert "file type   = Q4_K - Medium" in actor.log_path.read_text()
 
 
-def test_actor_args_pick_the_gguf_variant(tmp_path: Path) -> None:
+def _demo_arch() -> Any:
     from scheduler.catalog import arch_from_hf_config
-    from scheduler.domain import ModelSpec
-    from scheduler.runtime.actors import vllm_actor_args
-    from scheduler.settings import Settings
 
-    arch = arch_from_hf_config(
+    return arch_from_hf_config(
         {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "num_hidden_layers": 4,
          "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 512,
          "vocab_size": 1000, "max_position_embeddings": 512},
         "demo",
     )  # fmt: skip
+
+
+def test_actor_args_pick_the_gguf_variant(tmp_path: Path) -> None:
+    from scheduler.domain import ModelSpec
+    from scheduler.runtime.actors import vllm_actor_args
+    from scheduler.settings import Settings
+
+    arch = _demo_arch()
     gguf = str(tmp_path / "demo.Q4_K_M.gguf")
     spec = ModelSpec("demo", "/m/hf", arch, variant_sources={Quant.GGUF_Q4_K_M: gguf})
     build = vllm_actor_args(Settings(data_dir=tmp_path), lambda: {"demo": spec})
@@ -228,7 +234,6 @@ def test_engines_on_other_machines_get_engine_settings_not_the_heads_environment
 ) -> None:
     """The actor arguments carry VLLM_/HF_/OMP_... settings only; the engine's environment
     is the node's own (PATH, HOME, secrets stay local) with those on top."""
-    from scheduler.catalog import arch_from_hf_config
     from scheduler.domain import ModelSpec
     from scheduler.runtime.actors import vllm_actor_args
     from scheduler.settings import Settings
@@ -238,12 +243,7 @@ def test_engines_on_other_machines_get_engine_settings_not_the_heads_environment
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    arch = arch_from_hf_config(
-        {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "num_hidden_layers": 4,
-         "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 512,
-         "vocab_size": 1000, "max_position_embeddings": 512},
-        "demo",
-    )  # fmt: skip
+    arch = _demo_arch()
     spec = ModelSpec("demo", "/m/hf", arch)
     build = vllm_actor_args(Settings(data_dir=tmp_path), lambda: {"demo": spec})
     for replica in (
