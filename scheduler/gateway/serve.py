@@ -26,11 +26,11 @@ from scheduler.settings import Settings
 from scheduler.store.tenancy import session_factory
 from scheduler.tenancy import TenancyService
 
+SWITCH_INTERVAL_S = 0.001  # the GIL switch interval of serving processes (prepare_process)
+
 # uvicorn options every gateway entry point uses: uvloop's event loop and httptools' parser,
 # through uvicorn's httptools protocol with one write per inference response (gateway/h1server;
 # what bench/gateway.py measures); no access log (Prometheus counts the requests)
-SWITCH_INTERVAL_S = 0.001  # see prepare_process
-
 SERVER_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
     "http": "scheduler.gateway.h1server:GatewayHttpProtocol",
