@@ -30,7 +30,8 @@ from typing import Any
 from workers.engines.base import Engine
 from workers.engines.vllm_server import VllmConfig, VllmServer
 
-EngineFactory = Callable[[VllmConfig, Path], Engine]
+# (config, log path, the engine's environment) -> engine
+EngineFactory = Callable[[VllmConfig, Path, Mapping[str, str]], Engine]
 
 
 def node_env(overrides: Mapping[str, str]) -> dict[str, str]:
@@ -61,11 +62,11 @@ class ReplicaActor:
         # the scheduler sends engine settings only (Settings.engine_env_overrides): the
         # engine runs with this machine's environment plus them
         factory = engine_factory or (
-            lambda cfg, log: VllmServer(
-                cfg, log, env=node_env(env), start_timeout_s=start_timeout_s
+            lambda cfg, log, engine_env: VllmServer(
+                cfg, log, env=engine_env, start_timeout_s=start_timeout_s
             )
         )
-        self._engine: Engine = factory(config, self.log_path)
+        self._engine: Engine = factory(config, self.log_path, node_env(env))
         self._base_url: str | None = None
         atexit.register(self._stop_quietly)
         _install_sigterm(self._stop_quietly)

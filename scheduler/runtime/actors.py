@@ -59,7 +59,6 @@ def llamacpp_args(
     start (cached beside it). Every layer is offered to the GPU (``-1``): a CUDA build on
     a pre-Volta node offloads them all, a CPU build or a machine without a GPU keeps them
     on the CPU; the Ray resource pin decides which machine it is."""
-    from workers.actor import node_env
     from workers.engines.llamacpp import LlamaCppConfig, LlamaCppServer
 
     config = LlamaCppConfig(
@@ -75,8 +74,8 @@ def llamacpp_args(
         "env": env,
         "start_timeout_s": timeout_s,
         "metadata": replica_to_info(replica),
-        # called in the actor, on the replica's machine: its environment plus the overrides
-        "engine_factory": lambda cfg, log: LlamaCppServer(
-            cfg, log, env=node_env(env), start_timeout_s=timeout_s
+        # called in the actor, on the replica's machine, with its environment plus ``env``
+        "engine_factory": lambda cfg, log, engine_env: LlamaCppServer(
+            cfg, log, env=engine_env, start_timeout_s=timeout_s
         ),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,8 @@ class RecordingEngine:
 def _actor(tmp_path: Path) -> tuple[ReplicaActor, RecordingEngine]:
     made: list[RecordingEngine] = []
 
-    def factory(config: VllmConfig, log_path: Path) -> Engine:
+    def factory(config: VllmConfig, log_path: Path, env: Mapping[str, str]) -> Engine:
+        assert dict(env) == dict(os.environ)  # no overrides sent: this machine's environment
         made.append(RecordingEngine(config, log_path))
         return made[-1]
 

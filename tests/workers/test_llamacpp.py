@@ -214,7 +214,7 @@ def test_actor_args_pick_the_gguf_variant(tmp_path: Path) -> None:
     (_rid, config, _logs), kwargs = build("r0", replica)
     assert isinstance(config, LlamaCppConfig) and config.model == gguf
     assert config.quant is Quant.GGUF_Q4_K_M
-    engine = kwargs["engine_factory"](config, tmp_path / "log")
+    engine = kwargs["engine_factory"](config, tmp_path / "log", {})
     assert isinstance(engine, LlamaCppServer) and engine.command()[1:3] == [
         "-m",
         "llama_cpp.server",
