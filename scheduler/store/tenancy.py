@@ -143,7 +143,7 @@ def insert_usage(session: Session, records: Sequence[Any]) -> int:
     sqlite = bind.dialect.name == "sqlite"
     mark = "?" if bind.dialect.paramstyle == "qmark" else "%s"
     sql = (
-        f"INSERT INTO usage_records ({', '.join(USAGE_COLUMNS)}) "
+        f"INSERT INTO {UsageRow.__tablename__} ({', '.join(USAGE_COLUMNS)}) "
         f"VALUES ({', '.join([mark] * len(USAGE_COLUMNS))}) "
         "ON CONFLICT (request_id) DO NOTHING"
     )
