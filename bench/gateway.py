@@ -124,10 +124,16 @@ async def load(
     return run
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process used so far (Linux /proc)."""
+def user_sys_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process used so far."""
+    return sum(user_sys_s(pid))
 
 
 def wait_healthy(url: str, path: str = "/v1/models", timeout_s: float = 60) -> None:

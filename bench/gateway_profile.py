@@ -30,7 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import gateway_fixture  # noqa: E402
-from bench.gateway import ADMIN, MODEL, cpu_s, load, pin, wait_healthy  # noqa: E402
+from bench.gateway import (  # noqa: E402
+    ADMIN,
+    MODEL,
+    cpu_s,
+    load,
+    pin,
+    user_sys_s,
+    wait_healthy,
+)
 from tests.fakes.servers import free_port  # noqa: E402
 
 _GC_WATCH = """
@@ -73,12 +81,6 @@ finally:
     profiler.disable()
     profiler.dump_stats(sys.argv[1])
 """
-
-
-def _user_sys_s(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> int:
@@ -138,12 +140,12 @@ def main() -> int:
         asyncio.run(load(url, 300, args.c, **kw))  # warm-up
         for _ in range(args.rounds):
             cpu0 = cpu_s(gateway.pid)
-            us0 = _user_sys_s(gateway.pid)
+            us0 = user_sys_s(gateway.pid)
             t0 = time.perf_counter()
             run = asyncio.run(load(url, args.n, args.c, **kw))
             wall = time.perf_counter() - t0
             cpu = cpu_s(gateway.pid) - cpu0
-            user_s, sys_s = (b - a for a, b in zip(us0, _user_sys_s(gateway.pid), strict=True))
+            user_s, sys_s = (b - a for a, b in zip(us0, user_sys_s(gateway.pid), strict=True))
             done = max(1, len(run.latencies_s))
             print(
                 f"{args.mode} c={args.c} n={done} errors={run.errors} "
