@@ -79,6 +79,17 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def member_alive(pid: int, pgid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process of the group ``pgid``: one /proc read,
+    where ``group_members`` reads every process's."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return int(fields[2]) == pgid and fields[0] != "Z"
+    except (OSError, IndexError, ValueError):
+        return False
+
+
 def group_members(pgid: int) -> list[int]:
     """PIDs whose process group is ``pgid``, read from /proc (zombies excluded)."""
     members: list[int] = []

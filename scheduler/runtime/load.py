@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import httpx
 
+from scheduler import httpprobe
+
 IN_FLIGHT_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 
@@ -43,7 +45,7 @@ class EngineLoad:
         if not url:
             return 0
         try:
-            response = httpx.get(f"{url.rstrip('/')}/metrics", timeout=self._timeout_s)
+            response = httpprobe.get(f"{url.rstrip('/')}/metrics", self._timeout_s)
         except httpx.HTTPError:
             return 0
         if response.status_code != 200:

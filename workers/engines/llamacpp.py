@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpx
-
+from scheduler import httpprobe
 from scheduler.domain import DeviceKind, Quant
 from scheduler.errors import EngineError
 from workers.engines.supervised import SupervisedServer
@@ -92,10 +91,7 @@ def available(python_has: Callable[[str], Any] = importlib.util.find_spec) -> bo
 
 
 def models_health(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/v1/models", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return httpprobe.answers_ok(f"{base_url}/v1/models", 2.0)
 
 
 class LlamaCppServer(SupervisedServer[LlamaCppConfig]):

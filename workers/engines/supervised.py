@@ -23,6 +23,7 @@ from scheduler.preflight import free_port
 from workers.proc import (
     group_members,
     kill_group,
+    member_alive,
     supervised,
     tail,
     terminate_with_parent,
@@ -81,6 +82,7 @@ class SupervisedServer(Generic[C]):
         self._pgid: int | None = None
         self._started_at: float | None = None
         self._stopped = False
+        self._member_seen: int | None = None  # a pid of the group seen alive (see _alive)
 
     # -- what a concrete server provides ---------------------------------------------------
     def _argv(self, port: int, python: str) -> list[str]:
@@ -141,7 +143,16 @@ class SupervisedServer(Generic[C]):
         return self.base_url
 
     def _alive(self) -> bool:
-        return self._pgid is not None and bool(group_members(self._pgid))
+        """Any process of the engine's group lives. Checked on every health call: the member
+        seen alive last time is read first (one /proc read); all of /proc only when it is
+        gone (a scan reads every process's stat: ~3 ms with 150 processes)."""
+        if self._pgid is None:
+            return False
+        if self._member_seen is not None and member_alive(self._member_seen, self._pgid):
+            return True
+        members = group_members(self._pgid)
+        self._member_seen = members[0] if members else None
+        return bool(members)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self._start_timeout_s

@@ -17,8 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import httpx
-
+from scheduler import httpprobe
 from scheduler.domain import DeviceKind, Quant
 from workers.engines.supervised import SupervisedServer
 from workers.weights import check_engine_log, prepare_weights
@@ -123,10 +122,7 @@ def vllm_env(config: VllmConfig, base: Mapping[str, str]) -> dict[str, str]:
 
 def http_health(base_url: str) -> bool:
     """GET {base_url}/health answers 200 (within 5 s: a busy server is slow, not dead)."""
-    try:
-        return httpx.get(f"{base_url}/health", timeout=5.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return httpprobe.answers_ok(f"{base_url}/health", 5.0)
 
 
 class VllmServer(SupervisedServer[VllmConfig]):
