@@ -7,10 +7,12 @@ process routing from that table (the cluster deployment's shape), one vLLM CPU r
 of the generated demo model.
 
 * end to end: ``vllm bench serve`` (vLLM's own load generator, random dataset, fixed
-  input/output lengths, ignore_eos) at concurrency 1 and 4, three interleaved rounds
-  (medians), straight to the engine's own OpenAI server (the baseline: bare vLLM) and
-  through the gateway (which routes to that engine); ratios of request and output-token
-  throughput and of median TTFT;
+  input/output lengths, ignore_eos) at concurrency 1 and 4, ``--rounds`` interleaved
+  rounds (order alternating), straight to the engine's own OpenAI server (the baseline:
+  bare vLLM) and through the gateway (which routes to that engine); ratios of request and
+  output-token throughput and of median TTFT, both of the medians over rounds and as the
+  median of per-round ratios (a round's two runs share the machine's state); each
+  round's figures are printed (a TPOT near 0 means the tokens of a run arrived bunched);
 * node loss: the worker node holding the replica is killed; measured: until the watcher
   reports it lost, until the replacement is started on the other node, until it serves
   (restored capacity); baseline: the cold start of the first replica in the same run.
@@ -18,7 +20,7 @@ of the generated demo model.
 Two cores serve everything: the engine binds one, the gateway, vLLM's API server and
 the load generator share the other.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/runtime.py
+    PYTHONPATH=$PWD .venv/bin/python bench/runtime.py [--rounds 5] [--concurrency 1,4]
 """
 
 from __future__ import annotations
@@ -134,6 +136,29 @@ def _load(url: str, api_key: str, clients: int, tokenizer: str, out_dir: Path) -
     }
 
 
+def _summary(c: int, rounds: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, float]:
+    """Medians over rounds per path, and the medians of the per-round (paired) ratios: a
+    round's two runs share the machine's state, so their ratio is steadier than the ratio
+    of two medians when the load moves between rounds."""
+    out: dict[str, float] = {}
+    for path, results in rounds.items():
+        for name in results[0]:
+            out[f"{path}_c{c}_{name}"] = statistics.median(r[name] for r in results)
+    pairs = list(zip(rounds["direct"], rounds["gateway"], strict=True))
+    for name in ("requests_per_s", "output_tokens_per_s", "p50_ttft_ms"):
+        label = f"gateway_vs_direct_c{c}_{name.removesuffix('_ms')}_ratio"
+        out[label] = out[f"gateway_c{c}_{name}"] / out[f"direct_c{c}_{name}"]
+        out[f"{label}_median_of_rounds"] = statistics.median(g[name] / d[name] for d, g in pairs)
+    out[f"gateway_c{c}_added_p50_ttft_ms"] = (
+        out[f"gateway_c{c}_p50_ttft_ms"] - out[f"direct_c{c}_p50_ttft_ms"]
+    )
+    out[f"gateway_c{c}_added_p50_ttft_ms_median_of_rounds"] = statistics.median(
+        g["p50_ttft_ms"] - d["p50_ttft_ms"] for d, g in pairs
+    )
+    out[f"c{c}_rounds"] = len(pairs)
+    return out
+
+
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
@@ -159,7 +184,7 @@ def _wait(check: Callable[[], bool], timeout_s: float) -> float:
     raise TimeoutError(f"not within {timeout_s} s")
 
 
-def main() -> int:
+def main(args: argparse.Namespace) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -203,7 +228,7 @@ def main() -> int:
     db_url = f"sqlite:///{data_dir / 'cunliang.db'}"
     upgrade(db_url)
     database = open_database(db_url)
-    gateway: subprocess.Popen[str] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
     try:
         launcher = RayLauncher(ReplicaActor, vllm_actor_args(settings, lambda: {MODEL: spec}))
         reconciler = Reconciler(launcher, DbEndpointSink(database.sessions))
@@ -258,21 +283,22 @@ def main() -> int:
         tokenizer = str(model_dir)
         _load(engine_url, "none", 1, tokenizer, runs)  # warm-up, both paths
         _load(gateway_url, key, 1, tokenizer, runs)
-        for c in CONCURRENCY:
+        for c in args.concurrency:
             rounds: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
-            for _ in range(3):  # interleaved: both see the same background load
-                rounds["direct"].append(_load(engine_url, "none", c, tokenizer, runs))
-                rounds["gateway"].append(_load(gateway_url, key, c, tokenizer, runs))
-            for path, results in rounds.items():
-                for name in results[0]:
-                    metrics[f"{path}_c{c}_{name}"] = statistics.median(r[name] for r in results)
-            for name in ("requests_per_s", "output_tokens_per_s", "p50_ttft_ms"):
-                metrics[f"gateway_vs_direct_c{c}_{name.removesuffix('_ms')}_ratio"] = (
-                    metrics[f"gateway_c{c}_{name}"] / metrics[f"direct_c{c}_{name}"]
+            for i in range(args.rounds):  # interleaved, order alternating: same background
+                order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
+                for path in order:
+                    url, api_key = (engine_url, "none") if path == "direct" else (gateway_url, key)
+                    rounds[path].append(_load(url, api_key, c, tokenizer, runs))
+                d, g = rounds["direct"][-1], rounds["gateway"][-1]
+                print(
+                    f"c={c} round {i + 1}: direct {d['output_tokens_per_s']:.0f} tok/s TTFT "
+                    f"{d['p50_ttft_ms']:.1f} ms TPOT {d['p50_tpot_ms']:.2f} ms | gateway "
+                    f"{g['output_tokens_per_s']:.0f} tok/s TTFT {g['p50_ttft_ms']:.1f} ms TPOT "
+                    f"{g['p50_tpot_ms']:.2f} ms | load {os.getloadavg()[0]:.1f}",
+                    flush=True,
                 )
-            metrics[f"gateway_c{c}_added_p50_ttft_ms"] = (
-                metrics[f"gateway_c{c}_p50_ttft_ms"] - metrics[f"direct_c{c}_p50_ttft_ms"]
-            )
+            metrics.update(_summary(c, rounds))
 
         victim = reconciler.statuses()[0].replica.node_id or "node-a"
         lost_at = time.monotonic()
@@ -320,25 +346,34 @@ def main() -> int:
     cells = "; ".join(
         f"c={c}: {metrics[f'gateway_vs_direct_c{c}_output_tokens_per_s_ratio']:.2f}x output "
         f"tokens/s, p50 TTFT {metrics[f'gateway_vs_direct_c{c}_p50_ttft_ratio']:.2f}x "
-        f"({metrics[f'gateway_c{c}_added_p50_ttft_ms']:+.1f} ms)"
-        for c in CONCURRENCY
+        f"({metrics[f'gateway_c{c}_added_p50_ttft_ms']:+.1f} ms); per-round medians "
+        f"{metrics[f'gateway_vs_direct_c{c}_output_tokens_per_s_ratio_median_of_rounds']:.2f}x, "
+        f"{metrics[f'gateway_vs_direct_c{c}_p50_ttft_ratio_median_of_rounds']:.2f}x "
+        f"({metrics[f'gateway_c{c}_added_p50_ttft_ms_median_of_rounds']:+.1f} ms)"
+        for c in args.concurrency
     )
     base = ", ".join(
         f"c={c} {metrics[f'direct_c{c}_output_tokens_per_s']:.0f} tok/s, TTFT "
         f"{metrics[f'direct_c{c}_p50_ttft_ms']:.1f} ms"
-        for c in CONCURRENCY
+        for c in args.concurrency
     )
     print(
         f"| runtime: gateway process + Ray worker vs bare vLLM (vllm bench serve, same engine, "
-        f"{INPUT_TOKENS} in / {MAX_TOKENS} out, 3 interleaved rounds) | {cells} | bare vLLM: "
+        f"{INPUT_TOKENS} in / {MAX_TOKENS} out, {args.rounds} interleaved rounds) | {cells} | bare vLLM: "
         f"{base} | `python bench/runtime.py` |"
     )
     return 0
 
 
 if __name__ == "__main__":
-    # no options: --help describes the run instead of starting it (several minutes)
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    ).parse_args()
-    raise SystemExit(main())
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per concurrency")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=CONCURRENCY,
+        help="comma-separated client counts (default 1,4)",
+    )
+    raise SystemExit(main(parser.parse_args()))
