@@ -330,7 +330,7 @@ def main(args: argparse.Namespace) -> int:
     out = write_result(
         "runtime",
         metrics,
-        notes=f"2 cores shared with other jobs; load average at the end {load[0]:.1f}",
+        notes=f"{args.rounds} interleaved rounds; load average at the end {load[0]:.1f}",
     )
     for k, v in metrics.items():
         print(f"{k:45s} {v:10.2f}")
