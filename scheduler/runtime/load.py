@@ -3,7 +3,8 @@
 The scheduler runs apart from the gateways (cluster deployment), so it cannot see their
 outstanding counters; every vLLM OpenAI server exports its own queue on ``/metrics``
 (``vllm:num_requests_running`` + ``vllm:num_requests_waiting``), which is exactly the
-work a drained replica must finish before it is stopped.
+work a drained replica must finish before it is stopped (llama.cpp servers export
+``llamacpp:num_requests_running`` through ``workers/llamacpp_serve.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import httpx
 
 from scheduler import httpprobe
 
-IN_FLIGHT_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+# vLLM's gauges, and workers/llamacpp_serve.py's for llama.cpp servers
+IN_FLIGHT_METRICS = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "llamacpp:num_requests_running",
+)
 
 
 def in_flight_from_metrics(text: str) -> int:

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from scheduler.domain import DeviceKind, Engine, Quant, Replica
 from scheduler.errors import EngineError, NotFound
+from scheduler.runtime.load import in_flight_from_metrics
 from workers.engines.base import Engine as EngineProtocol
 from workers.engines.llamacpp import (
     LlamaCppConfig,
@@ -41,7 +43,7 @@ def _cfg(**kw: object) -> LlamaCppConfig:
 
 def test_command_for_a_cpu_server() -> None:
     argv = llamacpp_command(_cfg(port=8123, threads=2, max_model_len=256), python="py")
-    assert argv[:3] == ["py", "-m", "llama_cpp.server"]
+    assert argv[:3] == ["py", "-m", "workers.llamacpp_serve"]
     flags = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert flags == {
         "--model": "/m/demo.Q4_K_M.gguf",
@@ -133,6 +135,21 @@ def test_serves_the_q4_gguf_chat_and_stream_and_stops_without_orphans(
         # greedy decoding: the stream says what the non-streamed reply said
         assert text == reply.choices[0].message.content
         assert chunks[-1].choices[0].finish_reason == "length"
+        # the server's own /metrics: both answers counted, nothing in flight now
+        page = httpx.get(f"{base_url}/metrics", timeout=10).text
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in page.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert samples['llamacpp:num_requests_running{model_name="demo"}'] == 0
+        ok = 'llamacpp:requests_total{model_name="demo",path="/v1/chat/completions",status="200"}'
+        assert samples[ok] == 2
+        assert samples['llamacpp:prompt_tokens_total{model_name="demo"}'] == usage.prompt_tokens
+        # 8 from the answer's usage, one per content event of the stream
+        streamed = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+        assert samples['llamacpp:generation_tokens_total{model_name="demo"}'] == 8 + streamed
+        assert in_flight_from_metrics(page) == 0
     finally:
         pgid = server.pid
         server.stop()
@@ -217,7 +234,7 @@ def test_actor_args_pick_the_gguf_variant(tmp_path: Path) -> None:
     engine = kwargs["engine_factory"](config, tmp_path / "log", {})
     assert isinstance(engine, LlamaCppServer) and engine.command()[1:3] == [
         "-m",
-        "llama_cpp.server",
+        "workers.llamacpp_serve",
     ]
     # no registered GGUF: the worker converts the model's own checkpoint on start
     bare = ModelSpec("demo", "/m/hf", arch)

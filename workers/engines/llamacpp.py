@@ -15,7 +15,8 @@ The package is the optional extra ``llamacpp`` (``pip install 'cunliang[llamacpp
 ``scripts/install.sh`` builds a portable wheel once and caches it): it ships as source
 only and compiles llama.cpp (minutes; for CUDA builds set ``CMAKE_ARGS="-DGGML_CUDA=on"``).
 llama-cpp-python's server has no ``/health`` route, so readiness is ``GET /v1/models``
-answering 200.
+answering 200; nor metrics: :mod:`workers.llamacpp_serve` runs its app with a ``/metrics``
+page of its own (requests in flight, tokens, latency).
 """
 
 from __future__ import annotations
@@ -58,13 +59,14 @@ def gpu_layers(config: LlamaCppConfig) -> int:
 
 
 def llamacpp_command(config: LlamaCppConfig, python: str = sys.executable) -> list[str]:
-    """argv of ``python -m llama_cpp.server`` for ``config`` (flags as its settings name them)."""
+    """argv of the llama.cpp server for ``config``: ``llama_cpp.server``'s app and flags, behind
+    ``workers.llamacpp_serve``'s ``/metrics`` page."""
     if not config.model.endswith(".gguf"):
         raise EngineError(
             f"llama.cpp serves GGUF files; {config.model!r} is not one",
             fix="convert the weights to GGUF (llama.cpp's convert_hf_to_gguf.py) first",
         )
-    argv = [python, "-m", "llama_cpp.server"]
+    argv = [python, "-m", "workers.llamacpp_serve"]
     argv += ["--model", config.model, "--model_alias", config.served_model_name]
     argv += ["--host", config.host, "--port", str(config.port)]
     argv += ["--n_ctx", str(config.max_model_len), "--n_batch", str(config.batch_size)]
