@@ -332,7 +332,7 @@ class _EmbeddedStack:
             extra_routers=[inventory_router(inventory, admin_token), obs.router],
         )
         obs.install(app)
-        prepare_process()
+        prepare_process(self.s.gateway_cpus)
         config = uvicorn.Config(
             app,
             host=self.s.host,

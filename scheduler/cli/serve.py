@@ -124,7 +124,7 @@ def _gateway(_args: argparse.Namespace, settings: Settings) -> int:
         )
         obs.install(app)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT/SIGTERM
-            prepare_process()
+            prepare_process(settings.gateway_cpus)
             uvicorn.run(
                 app, host=settings.host, port=settings.port, log_level="warning", **SERVER_OPTIONS
             )

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import gc
 import json
+import os
 import resource
 import sys
 from collections.abc import Sequence
@@ -38,7 +40,36 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-def prepare_process() -> int:
+def parse_cpu_list(text: str) -> set[int]:
+    """CPU numbers of a Linux cpu-list ("1", "0-3", "2-3,6"); ConfigError if malformed."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            low, high = int(first), int(last if dash else first)
+            if low < 0 or high < low:
+                raise ValueError(part)
+            cpus.update(range(low, high + 1))
+    except ValueError:
+        raise ConfigError(
+            f"gateway_cpus {text!r} is not a cpu-list.", fix="e.g. CUNLIANG_GATEWAY_CPUS=1 or 2-3,6"
+        ) from None
+    return cpus
+
+
+def pin_process(cpus: set[int]) -> None:
+    """Run every thread of this process (and those it starts later) on ``cpus`` only."""
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise ConfigError(
+            f"gateway_cpus {sorted(cpus)} are not all among this process's CPUs {sorted(allowed)}."
+        )
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(task), cpus)
+
+
+def prepare_process(cpus: str | None = None) -> int:
     """Ready this process to serve, right before the server starts: raise the open files
     limit (raise_open_files_limit, returned) and move every object allocated so far (the
     imported modules, FastAPI's routes and pydantic's schemas: ~100k objects) out of the
@@ -50,7 +81,11 @@ def prepare_process() -> int:
     Also shortens the interval after which a thread that wants the GIL makes its holder
     drop it from 5 ms to 1 ms: the gateway's background threads (the usage flush into the
     database, the directory and heartbeat refreshes) hold it for tens of milliseconds at a
-    time, and every request that became ready meanwhile waited up to 5 ms per slice."""
+    time, and every request that became ready meanwhile waited up to 5 ms per slice.
+
+    ``cpus`` (``Settings.gateway_cpus``, a cpu-list): pin the process to those CPUs."""
+    if cpus:
+        pin_process(parse_cpu_list(cpus))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.collect()
     gc.freeze()
@@ -111,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         admin_token=settings.admin_token,
         config=config,
     )
-    prepare_process()
+    try:
+        prepare_process(settings.gateway_cpus)
+    except ConfigError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         app,
         host=settings.host,
