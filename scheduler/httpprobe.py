@@ -25,13 +25,20 @@ def client() -> httpx.Client:
     if _client is None:
         with _lock:
             if _client is None:
-                _client = httpx.Client()
+                # idle connections dropped after 2 s, before uvicorn's 5 s keep-alive
+                # timeout closes them under us (vLLM's and llama.cpp's servers are uvicorn)
+                _client = httpx.Client(limits=httpx.Limits(keepalive_expiry=2.0))
     return _client
 
 
 def get(url: str, timeout_s: float) -> httpx.Response:
-    """GET ``url`` with the shared client (raises httpx.HTTPError as httpx.get does)."""
-    return client().get(url, timeout=timeout_s)
+    """GET ``url`` with the shared client (raises httpx.HTTPError as httpx.get does). A kept
+    connection the server closed as it was reused fails before any answer: sent once more,
+    on a fresh connection (a drain reads "nothing in flight" from a failed read)."""
+    try:
+        return client().get(url, timeout=timeout_s)
+    except httpx.RemoteProtocolError:
+        return client().get(url, timeout=timeout_s)
 
 
 def answers_ok(url: str, timeout_s: float) -> bool:

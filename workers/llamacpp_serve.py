@@ -10,16 +10,21 @@ prefix:
 
 * ``llamacpp:num_requests_running`` — inference requests in the server now (what a drain
   waits on: ``scheduler/runtime/load.py`` reads it like vLLM's running/waiting gauges);
-* ``llamacpp:requests_total{path,status}`` and ``llamacpp:e2e_request_latency_seconds``;
+* ``llamacpp:requests_total{path,status}`` (status 500: the app failed, also after it
+  started answering) and ``llamacpp:e2e_request_latency_seconds``;
 * ``llamacpp:prompt_tokens_total`` and ``llamacpp:generation_tokens_total`` — from the
   ``usage`` of complete answers; a stream carries no usage in llama-cpp-python 0.3, so its
-  generated tokens are its content events (one token each there), its prompt uncounted.
+  generated tokens are its content events (about one token each: llama.cpp holds back text
+  at stop-sequence prefixes and split UTF-8 characters), its prompt uncounted.
+
+Counting never fails a request: what cannot be read is not counted (and logged once).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, cast
@@ -30,7 +35,17 @@ if TYPE_CHECKING:
 # third-party modules are imported where used: ``llama_cpp`` is the first a launch imports,
 # so a machine without the extra says "No module named 'llama_cpp'" (not another module)
 
-INFERENCE_PREFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+log = logging.getLogger(__name__)
+
+# llama-cpp-python's routes that run the model (exact paths: the label's values stay few)
+INFERENCE_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/engines/copilot-codex/completions",
+    }
+)
 _MAX_PARSED_BYTES = 1 << 20  # complete answers larger than this are not parsed for usage
 
 
@@ -92,6 +107,7 @@ class _Tally:
         self.stream = False
         self.body = bytearray()
         self.events = 0
+        self.overflow = False  # the body passed _MAX_PARSED_BYTES: its usage is not read
         self._tail = b""
 
     def start(self, message: Message) -> None:
@@ -106,16 +122,25 @@ class _Tally:
             lines = text.split(b"\n")
             self._tail = lines.pop()
             self.events += sum(1 for line in lines if _content_event(line))
-        elif len(self.body) + len(data) <= _MAX_PARSED_BYTES:
-            self.body += data
+        elif not self.overflow:
+            if len(self.body) + len(data) > _MAX_PARSED_BYTES:
+                self.overflow = True
+                self.body.clear()
+            else:
+                self.body += data
 
     def tokens(self) -> tuple[int, int]:
         """(prompt, generated) tokens of the answer."""
         if self.stream:
             return 0, self.events
+        if self.overflow:
+            return 0, 0
         try:
-            usage = json.loads(bytes(self.body)).get("usage") or {}
-        except (ValueError, AttributeError):
+            answer = json.loads(bytes(self.body))
+        except ValueError:
+            return 0, 0
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if not isinstance(usage, dict):
             return 0, 0
         prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
         return (
@@ -132,7 +157,10 @@ def _content_event(line: bytes) -> bool:
         chunk = json.loads(line[5:])
     except ValueError:
         return False
-    for choice in chunk.get("choices") or ():
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
         if isinstance(choice, dict):
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
@@ -169,31 +197,49 @@ class MetricsFront:
             )
             await send({"type": "http.response.body", "body": body})
             return
-        if scope["method"] != "POST" or not path.startswith(INFERENCE_PREFIXES):
+        if scope["method"] != "POST" or path not in INFERENCE_PATHS:
             await self.app(scope, receive, send)
             return
         tally = _Tally()
 
         async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                tally.start(message)
-            elif message["type"] == "http.response.body":
-                tally.body_part(message.get("body", b""))
+            try:
+                if message["type"] == "http.response.start":
+                    tally.start(message)
+                elif message["type"] == "http.response.body":
+                    tally.body_part(message.get("body", b""))
+            except Exception:  # an answer it cannot read is not counted, still sent
+                _log_uncounted()
             await send(message)
 
         metrics = self.metrics
         metrics.running.inc()
         started = time.perf_counter()
+        failed = True
         try:
             await self.app(scope, receive, counting_send)
+            failed = False
         finally:
             metrics.running.dec()
             metrics.latency.observe(time.perf_counter() - started)
-            metrics.answered(path, tally.status or 500)
+            metrics.answered(path, 500 if failed or not tally.status else tally.status)
             if tally.status == 200:
-                prompt, generated = tally.tokens()
+                try:
+                    prompt, generated = tally.tokens()
+                except Exception:
+                    _log_uncounted()
+                    prompt = generated = 0
                 metrics.prompt_tokens.inc(prompt)
                 metrics.generation_tokens.inc(generated)
+
+
+_logged: list[bool] = []
+
+
+def _log_uncounted() -> None:
+    if not _logged:
+        _logged.append(True)
+        log.exception("an answer the metrics could not read (not counted; logged once)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from scheduler.errors import ConfigError
 from scheduler.gateway.app import create_app
 from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.replicas import ReplicaEndpoint, ReplicaTable
-from scheduler.settings import Settings
+from scheduler.settings import Settings, parse_cpu_list
 from scheduler.store.tenancy import session_factory
 from scheduler.tenancy import TenancyService
 
@@ -38,23 +40,6 @@ SERVER_OPTIONS: dict[str, Any] = {
     "http": "scheduler.gateway.h1server:GatewayHttpProtocol",
     "access_log": False,
 }
-
-
-def parse_cpu_list(text: str) -> set[int]:
-    """CPU numbers of a Linux cpu-list ("1", "0-3", "2-3,6"); ConfigError if malformed."""
-    cpus: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            low, high = int(first), int(last if dash else first)
-            if low < 0 or high < low:
-                raise ValueError(part)
-            cpus.update(range(low, high + 1))
-    except ValueError:
-        raise ConfigError(
-            f"gateway_cpus {text!r} is not a cpu-list.", fix="e.g. CUNLIANG_GATEWAY_CPUS=1 or 2-3,6"
-        ) from None
-    return cpus
 
 
 def pin_process(cpus: set[int]) -> None:
@@ -85,7 +70,11 @@ def prepare_process(cpus: str | None = None) -> int:
 
     ``cpus`` (``Settings.gateway_cpus``, a cpu-list): pin the process to those CPUs."""
     if cpus:
-        pin_process(parse_cpu_list(cpus))
+        try:
+            wanted = parse_cpu_list(cpus)
+        except ValueError as exc:
+            raise ConfigError(str(exc), fix="e.g. CUNLIANG_GATEWAY_CPUS=1 or 2-3,6") from None
+        pin_process(wanted)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.collect()
     gc.freeze()
@@ -127,7 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--upstream-client", default="h1", choices=("h1", "aiohttp", "httpx"))
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"serve: error: {first['loc'][0]}: {first['msg']}", file=sys.stderr)
+        return 2
     if not settings.admin_token:
         print("serve: error: set CUNLIANG_ADMIN_TOKEN", file=sys.stderr)
         return 2

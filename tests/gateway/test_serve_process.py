@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from scheduler.errors import ConfigError
-from scheduler.gateway.serve import parse_cpu_list, pin_process
+from scheduler.gateway.serve import pin_process
+from scheduler.settings import Settings, parse_cpu_list
 from scheduler.store.tenancy import session_factory
 from tests.fakes.servers import free_port
 from tests.gateway.test_durability import REPO, start_gateway
@@ -21,9 +23,11 @@ def test_parses_cpu_lists_as_taskset_does() -> None:
     assert parse_cpu_list("1") == {1}
     assert parse_cpu_list("0-3") == {0, 1, 2, 3}
     assert parse_cpu_list("2-3, 6") == {2, 3, 6}
-    for bad in ("", "x", "3-1", "-1", "1-", "1,,2"):
-        with pytest.raises(ConfigError, match="not a cpu-list"):
+    for bad in ("", "x", "3-1", "-1", "1-", "1,,2", "0-4000000000"):
+        with pytest.raises(ValueError, match="not a cpu-list"):
             parse_cpu_list(bad)
+    with pytest.raises(ValidationError, match="not a cpu-list"):  # at start, from the env
+        Settings(gateway_cpus="one")
 
 
 def test_refuses_cpus_the_process_may_not_use() -> None:
@@ -79,4 +83,4 @@ def test_a_malformed_cpu_list_stops_the_gateway_with_one_line(tmp_path: Path) ->
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("serve: error: gateway_cpus 'one' is not")
+    assert len(lines) == 1 and "gateway_cpus 'one' is not a cpu-list" in lines[0], lines

@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from scheduler.runtime.load import in_flight_from_metrics
@@ -107,3 +108,55 @@ def test_counts_requests_tokens_and_in_flight() -> None:
     # 4 from the answer's usage + 2 content events of the stream (role and finish: none)
     assert samples['llamacpp:generation_tokens_total{model_name="demo"}'] == 6
     assert samples['llamacpp:e2e_request_latency_seconds_count{model_name="demo"}'] == 3
+
+
+def test_counting_never_fails_a_request_and_labels_stay_few() -> None:
+    """Odd answers are sent unchanged and left uncounted; a failure after the answer
+    started counts as 500; paths other than the model's routes are passed, not counted."""
+
+    async def odd(scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["path"]
+        if kind == "/v1/completions":  # SSE with a data line that is no object
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        elif kind == "/v1/embeddings":  # JSON whose usage is no object, then too big a body
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"usage": 3}'})
+        elif kind == "/v1/chat/completions":  # fails after it started answering
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise RuntimeError("engine died mid-answer")
+        else:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+    async def scenario() -> dict[str, float]:
+        app = MetricsFront(odd, EngineMetrics("demo"))
+        assert await _call(app, "POST", "/v1/completions") == (200, b"data: 1\n\ndata: [DONE]\n\n")
+        assert await _call(app, "POST", "/v1/embeddings") == (200, b'{"usage": 3}')
+        with pytest.raises(RuntimeError, match="mid-answer"):
+            await _call(app, "POST", "/v1/chat/completions")
+        assert (await _call(app, "POST", "/v1/completions/anything"))[0] == 404
+        return _samples((await _call(app, "GET", "/metrics"))[1])
+
+    samples = asyncio.run(scenario())
+    total = 'llamacpp:requests_total{model_name="demo",path="%s",status="%s"}'
+    assert samples[total % ("/v1/completions", 200)] == 1
+    assert samples[total % ("/v1/embeddings", 200)] == 1
+    assert samples[total % ("/v1/chat/completions", 500)] == 1
+    assert not any("anything" in name for name in samples)
+    assert samples['llamacpp:num_requests_running{model_name="demo"}'] == 0
+    assert samples['llamacpp:generation_tokens_total{model_name="demo"}'] == 0
+    assert samples['llamacpp:prompt_tokens_total{model_name="demo"}'] == 0
+
+
+def test_an_answer_past_the_parse_limit_is_not_read_in_pieces() -> None:
+    from workers.llamacpp_serve import _MAX_PARSED_BYTES, _Tally
+
+    tally = _Tally()
+    tally.start({"type": "http.response.start", "status": 200, "headers": []})
+    tally.body_part(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}, "x": "')
+    tally.body_part(b"y" * _MAX_PARSED_BYTES)  # past the limit: nothing more is kept
+    tally.body_part(b'"}')
+    assert tally.tokens() == (0, 0)

@@ -106,11 +106,11 @@ class _TinyServer(SupervisedServer[_Config]):
         return [python, "-c", code]
 
 
-def test_health_checks_reuse_a_connection_and_a_known_member(
+def test_health_checks_read_one_known_member_and_still_see_the_group_die(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Periodic health calls read one /proc entry (the member seen alive) and reuse the
-    shared HTTP client; the group's exit is still seen."""
+    """Periodic health calls (over the shared HTTP client) scan /proc once, then read the
+    one entry of the member seen alive; the group's exit is still seen."""
     import workers.engines.supervised as supervised_module
 
     scans: list[int] = []
