@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import datetime as dt
 import json
 import os
@@ -53,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import gateway_fixture, machine  # noqa: E402
+from scheduler.gateway.serve import pin_threads as pin  # noqa: E402
 from tests.fakes.servers import free_port  # noqa: E402
 
 MODEL = "bench-model"
@@ -163,13 +163,6 @@ LAYOUTS = {
     "shared": ({0, 1}, {0, 1}),
     "proxy-core": ({0, 1}, {1}),
 }
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Set the CPU affinity of every thread of ``pid`` (threads started later inherit it)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError, PermissionError):  # a thread ended
-            os.sched_setaffinity(int(task.name), cpus)
 
 
 def main() -> int:

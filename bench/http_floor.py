@@ -27,13 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_result
-from bench.gateway import cpu_s, pin
+from bench.gateway import cpu_s, pin, wait_healthy
 from scheduler.preflight import free_port
 
 BODY = (
@@ -121,18 +120,6 @@ def _wrk(port: int, seconds: float, script: Path, cpus: set[int]) -> int:
     return int(match.group(1))
 
 
-def _wait_port(port: int, timeout_s: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
 def measure(name: str, seconds: float, script: Path) -> float:
     """One run of server ``name``: its CPU microseconds per request."""
     program, extra = SERVERS[name]
@@ -142,7 +129,7 @@ def measure(name: str, seconds: float, script: Path) -> float:
     server = subprocess.Popen([sys.executable, "-c", program, str(port), *extra])
     try:
         pin(server.pid, server_cpus)
-        _wait_port(port)
+        wait_healthy(f"http://127.0.0.1:{port}", PATH)  # both answer any request
         _wrk(port, 1, script, load_cpus)  # warm-up
         before = cpu_s(server.pid)
         requests = _wrk(port, seconds, script, load_cpus)

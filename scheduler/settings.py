@@ -109,14 +109,15 @@ MAX_CPU = 1 << 16  # beyond any machine: a cpu-list naming more is a typo
 
 def parse_cpu_list(text: str) -> set[int]:
     """CPU numbers of a Linux cpu-list, as ``taskset -c`` takes ("1", "0-3", "2-3,6")."""
+    malformed = ValueError(f"gateway_cpus {text!r} is not a cpu-list (e.g. 1 or 2-3,6)")
     cpus: set[int] = set()
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
             low, high = int(first), int(last if dash else first)
         except ValueError:
-            raise ValueError(f"gateway_cpus {text!r} is not a cpu-list (e.g. 1 or 2-3,6)") from None
+            raise malformed from None
         if low < 0 or high < low or high >= MAX_CPU:
-            raise ValueError(f"gateway_cpus {text!r} is not a cpu-list (e.g. 1 or 2-3,6)")
+            raise malformed
         cpus.update(range(low, high + 1))
     return cpus

@@ -85,6 +85,7 @@ def member_alive(pid: int, pgid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
+        # fields after "(comm)": state, ppid, pgrp, ...
         return int(fields[2]) == pgid and fields[0] != "Z"
     except (OSError, IndexError, ValueError):
         return False
@@ -92,19 +93,11 @@ def member_alive(pid: int, pgid: int) -> bool:
 
 def group_members(pgid: int) -> list[int]:
     """PIDs whose process group is ``pgid``, read from /proc (zombies excluded)."""
-    members: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields after "(comm)": state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and member_alive(int(entry), pgid)
+    ]
 
 
 def kill_group(pgid: int, *, grace_s: float = 10.0) -> None:

@@ -24,6 +24,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from scheduler.domain import DeviceKind, Engine, Quant, Replica
 from scheduler.errors import EngineError, NotFound
 from scheduler.runtime.load import in_flight_from_metrics
+from tests.workers.test_llamacpp_serve import page_samples
 from workers.engines.base import Engine as EngineProtocol
 from workers.engines.llamacpp import (
     LlamaCppConfig,
@@ -137,11 +138,7 @@ def test_serves_the_q4_gguf_chat_and_stream_and_stops_without_orphans(
         assert chunks[-1].choices[0].finish_reason == "length"
         # the server's own /metrics: both answers counted, nothing in flight now
         page = httpx.get(f"{base_url}/metrics", timeout=10).text
-        samples = {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in page.splitlines()
-            if line and not line.startswith("#")
-        }
+        samples = page_samples(page.encode())
         assert samples['llamacpp:num_requests_running{model_name="demo"}'] == 0
         ok = 'llamacpp:requests_total{model_name="demo",path="/v1/chat/completions",status="200"}'
         assert samples[ok] == 2

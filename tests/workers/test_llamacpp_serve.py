@@ -75,7 +75,8 @@ async def _call(
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
-def _samples(page: bytes) -> dict[str, float]:
+def page_samples(page: bytes) -> dict[str, float]:
+    """{series (name and labels, as written): value} of a Prometheus text page."""
     return {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in page.decode().splitlines()
@@ -97,7 +98,7 @@ def test_counts_requests_tokens_and_in_flight() -> None:
         assert (await _call(app, "POST", "/v1/models", {}))[0] == 200  # not counted
         status, page = await _call(app, "GET", "/metrics")
         assert in_flight_from_metrics(page.decode()) == 0
-        return _samples(page)
+        return page_samples(page)
 
     samples = asyncio.run(scenario())
     chat = 'llamacpp:requests_total{model_name="demo",path="/v1/chat/completions",status="200"}'
@@ -138,7 +139,7 @@ def test_counting_never_fails_a_request_and_labels_stay_few() -> None:
         with pytest.raises(RuntimeError, match="mid-answer"):
             await _call(app, "POST", "/v1/chat/completions")
         assert (await _call(app, "POST", "/v1/completions/anything"))[0] == 404
-        return _samples((await _call(app, "GET", "/metrics"))[1])
+        return page_samples((await _call(app, "GET", "/metrics"))[1])
 
     samples = asyncio.run(scenario())
     total = 'llamacpp:requests_total{model_name="demo",path="%s",status="%s"}'
