@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # Under `cunliang up` the gateway shares its process with the scheduler and the Ray
     # driver: they are pinned with it.
     gateway_cpus: str | None = None
+    # serve inference requests from the server protocol's callbacks when they need no
+    # waiting (gateway/h1server.py); False: every request as an ASGI task, as before
+    gateway_fast_path: bool = True
     engine_start_timeout_s: float = 600.0
 
     @field_validator("gateway_cpus")

@@ -12,6 +12,7 @@ that mount the router behave as before.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -29,10 +30,18 @@ from scheduler.gateway.core import INFERENCE_PATHS, ClientGone, Gateway
 log = logging.getLogger(__name__)
 
 
+RESUME = "cunliang.resume"  # scope key: the rest of a request Gateway.serve_now took
+
+
 async def serve_inference(
     gateway: Gateway, path: str, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Answer one POST to ``path`` (an INFERENCE_PATHS key)."""
+    """Answer one POST to ``path`` (an INFERENCE_PATHS key), or run the rest of one that
+    the fast path (``Gateway.serve_now``) took and handed on (``scope[RESUME]``)."""
+    resume = scope.get(RESUME)
+    if resume is not None:
+        await _respond(resume(), scope, receive, send)
+        return
     authorization: str | None = None
     length = -1
     for name, value in scope["headers"]:
@@ -49,8 +58,16 @@ async def serve_inference(
         response.headers["connection"] = "close"  # the unread body is abandoned
         await response(scope, receive, send)
         return
+    await _respond(gateway.handle(path, authorization, receive), scope, receive, send)
+
+
+async def _respond(
+    serving: Awaitable[Response], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Send the response ``serving`` gives, or the OpenAI-format error it raised."""
+    response: Response
     try:
-        response = await gateway.handle(path, authorization, receive)
+        response = await serving
     except CunliangError as exc:
         response = domain_error_response(exc)
     except RequestValidationError as exc:

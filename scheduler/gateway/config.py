@@ -24,6 +24,7 @@ class GatewayConfig:
     usage_fsync: bool = False  # True also survives power loss, at ~1 fsync per request
     max_upstream_connections: int = 1024
     no_replica_retry_after_s: float = 5.0
+    fast_path: bool = True  # Gateway.serve_now (with the h1 client and gateway/h1server)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayConfig:
@@ -32,4 +33,5 @@ class GatewayConfig:
             max_request_body_bytes=settings.max_request_body_bytes,
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
+            fast_path=settings.gateway_fast_path,
         )

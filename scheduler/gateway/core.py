@@ -15,10 +15,10 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
@@ -27,7 +27,11 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from scheduler.api.auth import bearer_token
-from scheduler.api.errors import error_response
+from scheduler.api.errors import (
+    domain_error_response,
+    error_response,
+    unexpected_error_response,
+)
 from scheduler.errors import (
     AuthError,
     CunliangError,
@@ -81,6 +85,15 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived (nothing to answer)."""
 
 
+class Reply(Protocol):
+    """Where ``Gateway.serve_now`` sends the outcome of a request it took (exactly one
+    call): a complete response to write, or the rest of the request to run as a task."""
+
+    def respond(self, response: Response) -> None: ...
+
+    def resume(self, serve: Callable[[], Awaitable[Response]]) -> None: ...
+
+
 @dataclass
 class Exchange:
     """One tenant request as it moves through the gateway (event-loop only)."""
@@ -92,7 +105,8 @@ class Exchange:
     model: str = ""
     model_known: bool = False
     stream: bool = False
-    want_usage: bool = False
+    want_usage: bool = False  # the client asked for the usage event
+    ask_usage: bool = False  # a stream whose body must ask the engine for usage
     replica: ReplicaEndpoint | None = None
     ticket: LoadTicket | None = None
     permit: Permit | None = None
@@ -136,6 +150,7 @@ class Gateway:
             fsync=config.usage_fsync,
         )
         self._client: UpstreamClient | None = None
+        self._post_now: Callable[..., Any] | None = None  # the client's post_now, if it has one
         self._sequence = itertools.count()
         # request ids: 64 random bits per process start + a counter (unique across gateway
         # processes and restarts without a random draw per request)
@@ -157,8 +172,11 @@ class Gateway:
                 max_connections=self.config.max_upstream_connections,
             )
         )
+        if self.config.fast_path:
+            self._post_now = getattr(self._client, "post_now", None)
 
     async def shutdown(self) -> None:
+        self._post_now = None
         await self.writer.stop()
         if self._client is not None:
             await self._client.aclose()
@@ -185,18 +203,26 @@ class Gateway:
     async def handle(self, path: str, authorization: str | None, receive: Receive) -> Response:
         """Serve one inference request (``path`` = the engine path, e.g. /v1/completions):
         authenticate, then read and validate the body, admit, route and forward."""
-        ex = Exchange(
-            request_id=f"{self._id_prefix}{next(self._ids):x}",
-            started_s=self.clock(),
-            created_at=self.wall_clock(),
-        )
+        ex = self._exchange()
+        return await self._guarded(ex, self._handle(ex, path, authorization, receive))
+
+    async def _handle(
+        self, ex: Exchange, path: str, authorization: str | None, receive: Receive
+    ) -> Response:
+        ex.principal = await self.authenticate(authorization)
+        raw = await self._read_body(receive)
+        body = _parse_body(raw, path)
+        self._describe(ex, body)
+        return await self._serve(ex, path, body, raw)
+
+    async def _serve(self, ex: Exchange, path: str, body: dict[str, Any], raw: bytes) -> Response:
+        await self._admit(ex)
+        return await self._forward(ex, path, body, raw)
+
+    async def _guarded(self, ex: Exchange, step: Awaitable[Response]) -> Response:
+        """Await the rest of an exchange; any failure closes it (``finish``) and propagates."""
         try:
-            ex.principal = await self.authenticate(authorization)
-            raw = await self._read_body(receive)
-            body = _parse_body(raw, path)
-            self._describe(ex, body)
-            await self._admit(ex)
-            return await self._forward(ex, path, body, raw)
+            return await step
         except (CunliangError, RequestValidationError) as exc:
             self.finish(ex, getattr(exc, "status_code", 422))
             raise
@@ -206,6 +232,97 @@ class Gateway:
         except BaseException:
             self.finish(ex, 500)
             raise
+
+    def _exchange(self) -> Exchange:
+        return Exchange(
+            request_id=f"{self._id_prefix}{next(self._ids):x}",
+            started_s=self.clock(),
+            created_at=self.wall_clock(),
+        )
+
+    # ---- the fast path -----------------------------------------------------------------
+
+    def serve_now(self, path: str, authorization: str | None, raw: bytes, reply: Reply) -> bool:
+        """Serve one inference request whose whole body arrived from the server protocol's
+        callbacks, without a task (gateway/h1server calls it): the same steps as ``handle``,
+        each where it needs no waiting. False, with nothing done, when the request needs
+        waiting before the gateway commits to it (a key not in the auth cache) or is
+        malformed: ``handle`` serves it as usual. True once taken: ``reply`` then gets the
+        response (``respond``), now or from the engine connection's callbacks when the
+        answer arrived, or the rest of the request to run as a task (``resume``: streams, a
+        budget ledger to load, no idle engine connection, a retry on another replica)."""
+        post_now = self._post_now
+        if post_now is None or len(raw) > self.config.max_request_body_bytes:
+            return False
+        token = bearer_token(authorization)
+        principal = self.tenancy.authenticate_cached(token) if token is not None else None
+        if principal is None:
+            return False
+        try:
+            body = _parse_body(raw, path)
+        except (CunliangError, RequestValidationError):
+            return False  # handle answers it (and counts it) as usual
+        ex = self._exchange()
+        ex.principal = principal
+        try:
+            self._describe(ex, body)
+            if ex.stream or not self._admit_now(ex):
+                reply.resume(lambda: self._guarded(ex, self._serve(ex, path, body, raw)))
+                return True
+            replica = self._pick(ex, set())
+            if replica is not None:
+                self._attach(ex, replica)
+                payload = self._payload(ex, body, raw, replica)
+
+                def answered(connection: Any) -> None:
+                    self._answered(ex, path, body, raw, replica, reply, connection)
+
+                if post_now(replica.base_url + path, payload, answered) is not None:
+                    return True
+                self._detach(ex)
+            reply.resume(lambda: self._guarded(ex, self._forward(ex, path, body, raw)))
+        except CunliangError as exc:
+            self.finish(ex, exc.status_code)
+            reply.respond(domain_error_response(exc))
+        except Exception:
+            log.exception("inference request failed")
+            self.finish(ex, 500)
+            reply.respond(unexpected_error_response())
+        return True
+
+    def _answered(
+        self,
+        ex: Exchange,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        replica: ReplicaEndpoint,
+        reply: Reply,
+        connection: Any,
+    ) -> None:
+        """The fast path's engine answer (or failure) arrived: answer the client, or retry
+        on another replica (nothing reached the client yet) as ``_forward`` would."""
+        try:
+            status = connection.status
+            if connection.error is None and connection.complete and status < 500:
+                content = connection.take_body()
+                connection.finish()
+                if status >= 400:
+                    reply.respond(self._upstream_error(ex, status, content))
+                else:
+                    reply.respond(self._complete(ex, content))
+                return
+            failure = f"{replica.id}: {connection.error or f'HTTP {status}'}"
+            # an engine that closed the idle connection we reused: the same replica, fresh
+            tried = set() if connection.stale else {replica.id}
+            connection.finish()
+            self._detach(ex)
+        except Exception:
+            log.exception("inference request failed")
+            self.finish(ex, 500)
+            reply.respond(unexpected_error_response())
+            return
+        reply.resume(lambda: self._guarded(ex, self._forward(ex, path, body, raw, tried, failure)))
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole request body; PayloadTooLarge past the limit (chunked bodies have no
@@ -233,6 +350,7 @@ class Gateway:
         ex.stream = bool(body.get("stream"))
         options = body.get("stream_options") or {}
         ex.want_usage = ex.stream and bool(options.get("include_usage"))
+        ex.ask_usage = ex.stream and options.get("include_usage") is not True
         ex.model_known = self._ready(ex.model) is not None
 
     def _ready(self, model: str) -> tuple[ReplicaEndpoint, ...] | None:
@@ -247,6 +365,15 @@ class Gateway:
         return self._ready_by_model.get(model)
 
     async def _admit(self, ex: Exchange) -> None:
+        if not self._admit_now(ex):
+            assert ex.principal is not None
+            tenant = ex.principal.tenant
+            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+            ex.permit = self.admission.admit(tenant)
+
+    def _admit_now(self, ex: Exchange) -> bool:
+        """Admit the request (``ex.permit``), or raise why not; False, with nothing taken,
+        when the tenant's budget ledger must first be loaded from the database."""
         assert ex.principal is not None
         tenant = ex.principal.tenant
         if not ex.model_known:
@@ -262,13 +389,14 @@ class Gateway:
             )
         need = self.admission.ledger_need(tenant)
         if need == "load":
-            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
-        elif need == "reload" and tenant.id not in self._reloading:
+            return False
+        if need == "reload" and tenant.id not in self._reloading:
             self._reloading.add(tenant.id)
             task = asyncio.create_task(self._reload_ledger(tenant))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         ex.permit = self.admission.admit(tenant)
+        return True
 
     async def _reload_ledger(self, tenant: Tenant) -> None:
         """Reload a tenant's budget counters from the database (other gateways' usage)."""
@@ -303,26 +431,38 @@ class Gateway:
         ex.ticket = None
         return share
 
-    async def _forward(self, ex: Exchange, path: str, body: dict[str, Any], raw: bytes) -> Response:
-        # the client's bytes go upstream as they are unless something must change: the
-        # engine's model name, or include_usage (always asked for, to meter exactly; the
-        # usage event is dropped for a client that did not ask)
-        as_sent = not ex.stream or (body.get("stream_options") or {}).get("include_usage") is True
-        if not as_sent:
+    def _payload(
+        self, ex: Exchange, body: dict[str, Any], raw: bytes, replica: ReplicaEndpoint
+    ) -> bytes:
+        """What goes upstream: the client's bytes as they are unless something must change:
+        the engine's model name, or include_usage (always asked for, to meter exactly; the
+        usage event is dropped for a client that did not ask)."""
+        if not ex.ask_usage and replica.engine_model == ex.model:
+            return raw
+        if ex.ask_usage:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        tried: set[str] = set()
-        failure = "no ready replica"
-        for _ in range(self.config.max_attempts):
+        body["model"] = replica.engine_model
+        return COMPACT_JSON.encode(body).encode()
+
+    async def _forward(
+        self,
+        ex: Exchange,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        tried: set[str] | None = None,
+        failure: str = "no ready replica",
+    ) -> Response:
+        """Try the model's replicas in routing order, at most ``max_attempts`` in all
+        (``tried``: those already tried, ``failure``: why the last try failed)."""
+        tried = tried if tried is not None else set()
+        for _ in range(self.config.max_attempts - len(tried)):
             replica = self._pick(ex, tried)
             if replica is None:
                 break
             tried.add(replica.id)
             self._attach(ex, replica)
-            if as_sent and replica.engine_model == ex.model:
-                payload = raw
-            else:
-                body["model"] = replica.engine_model
-                payload = COMPACT_JSON.encode(body).encode()
+            payload = self._payload(ex, body, raw, replica)
             try:
                 response = await self._attempt(ex, replica, path, payload)
             except _RetryElsewhere as retry:

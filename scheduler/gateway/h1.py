@@ -10,8 +10,10 @@ connection with httptools' response parser (what uvicorn uses for requests): one
 pooled per host (LIFO, at most ``max_connections`` open in all).
 
 Timeouts: ``connect_timeout_s`` for the TCP (and TLS) connect and for waiting on a free pool
-slot; ``read_timeout_s`` between two arrivals of response bytes (one timer per request,
-re-armed lazily, not per chunk). A reused keep-alive connection that the engine closed
+slot; ``read_timeout_s`` between two arrivals of response bytes, checked for every busy
+connection by one sweep per client (every ``read_timeout_s / 4``, at most 1 s: a stall is
+cut between 1 and 1.25 read timeouts after its last bytes, or 1 s past it), not a timer per
+request. A reused keep-alive connection that the engine closed
 meanwhile (its keep-alive timeout) fails before any response byte; that request is sent
 once more on a fresh connection. A response body larger than ``_PAUSE_BYTES`` not yet
 consumed pauses reading from the engine (back-pressure for slow streaming clients).
@@ -23,7 +25,7 @@ import asyncio
 import collections
 import functools
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -66,7 +68,11 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
-        self.head: asyncio.Future[None] | None = None
+        self.sent = False  # a request is out and its exchange not finished
+        self.head: asyncio.Future[None] | None = None  # post(): resolved by the response head
+        # post_now(): called once, with this connection, when the whole answer arrived or
+        # the exchange failed (``error``), instead of ``head`` and ``next_piece``
+        self.listener: Callable[[_Connection], None] | None = None
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.complete = False
@@ -76,7 +82,6 @@ class _Connection(asyncio.Protocol):
         self.wakeup: asyncio.Future[None] | None = None
         self.paused = False
         self.last_data_s = 0.0
-        self.timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
 
@@ -84,7 +89,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
-        if self.head is None:  # bytes while idle: not a response to anything we sent
+        if not self.sent:  # bytes while idle: not a response to anything we sent
             self._close()
             return
         self.last_data_s = self.loop.time()
@@ -93,13 +98,17 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"malformed response: {exc}"))
             self._close()
+        if self.complete and self.listener is not None:  # after the parser returned
+            self._answer()
 
     def eof_received(self) -> bool | None:
         # a body with neither length nor chunking ends with the connection; an end before
         # the response head is a failure (connection_lost reports it), e.g. an engine
         # killed while it worked on the request: never a complete, empty response
-        if self.head is not None and self.status and not self.framed and not self.complete:
+        if self.sent and self.status and not self.framed and not self.complete:
             self.on_message_complete()
+            if self.listener is not None:
+                self._answer()
         self.closed = True
         return None  # close the transport
 
@@ -130,7 +139,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > _PAUSE_BYTES and not self.paused and self.transport is not None:
+        if (
+            self.buffered > _PAUSE_BYTES
+            and not self.paused
+            and self.listener is None  # post_now() waits for the whole answer: never pause
+            and self.transport is not None
+        ):
             self.paused = True
             self.transport.pause_reading()
         self._wake()
@@ -138,16 +152,26 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.complete = True
         self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
-        self._cancel_timer()
+        self._unwatch()
         self._wake()
 
     # ---- request side -------------------------------------------------------------------
 
-    def send(self, target: bytes, host: bytes, body: bytes, read_timeout_s: float) -> None:
+    def send(
+        self,
+        target: bytes,
+        host: bytes,
+        body: bytes,
+        listener: Callable[[_Connection], None] | None = None,
+    ) -> None:
         assert self.transport is not None
-        self.head = self.loop.create_future()
+        self.sent = True
+        self.pool._watch(self)
+        if listener is None:
+            self.head = self.loop.create_future()
+        else:
+            self.listener = listener
         self.last_data_s = self.loop.time()
-        self.timer = self.loop.call_at(self.last_data_s + read_timeout_s, self._check_timeout)
         head = (
             b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n" % (target, host, len(body))
@@ -157,22 +181,12 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.writelines((head, body))
 
-    def _check_timeout(self) -> None:
-        timeout_s = self.pool.limits.read_timeout_s
-        if self.paused:  # the client is the slow side: wait on it, not on the engine
-            self.last_data_s = self.loop.time()
-        due_s = self.last_data_s + timeout_s
-        if self.loop.time() < due_s:  # bytes arrived since: re-arm for the new deadline
-            self.timer = self.loop.call_at(due_s, self._check_timeout)
-            return
-        self.timer = None
+    def _timed_out(self) -> None:
         self._fail(UpstreamError("TimeoutError"))
         self._close()
 
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _unwatch(self) -> None:
+        self.pool._busy.discard(self)
 
     def _wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
@@ -184,8 +198,29 @@ class _Connection(asyncio.Protocol):
         if self.head is not None and not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved: a cut after the caller gave up is no warning
-        self._cancel_timer()
+        self._unwatch()
         self._wake()
+        if self.listener is not None:
+            self._answer()
+
+    def _answer(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener(self)
+
+    @property
+    def stale(self) -> bool:
+        """The engine had closed this reused keep-alive connection before the request went
+        out (cut before any response byte): the same request may go once more, fresh."""
+        return self.reused and not self.status and isinstance(self.error, _Disconnected)
+
+    def take_body(self) -> bytes:
+        """post_now(): the whole answer's body (call once, after ``complete``)."""
+        body = self.body
+        piece = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.buffered = 0
+        return piece
 
     def _close(self) -> None:
         self.closed = True
@@ -215,7 +250,7 @@ class _Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """Back to the pool if the exchange ended cleanly; closed otherwise."""
-        self._cancel_timer()
+        self._unwatch()
         if self.complete and self.keep_alive and not self.closed and self.error is None:
             self._reset()
             self.reused = True
@@ -257,6 +292,54 @@ class H1Upstream:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ssl: ssl.SSLContext | None = None
         self._closing = False
+        self._busy: set[_Connection] = set()  # waiting on a response: the sweep watches them
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def _watch(self, connection: _Connection) -> None:
+        self._busy.add(connection)
+        if self._sweeper is None:
+            self._sweeper = connection.loop.call_later(self._sweep_period_s(), self._sweep)
+
+    def _sweep_period_s(self) -> float:
+        return min(1.0, self.limits.read_timeout_s / 4)
+
+    def _sweep(self) -> None:
+        """Cut the busy connections that received nothing for ``read_timeout_s``."""
+        self._sweeper = None
+        if not self._busy:
+            return
+        loop = asyncio.get_running_loop()
+        now_s = loop.time()
+        timeout_s = self.limits.read_timeout_s
+        for connection in list(self._busy):
+            if connection.paused:  # the client is the slow side: wait on it, not the engine
+                connection.last_data_s = now_s
+            elif now_s - connection.last_data_s >= timeout_s:
+                self._busy.discard(connection)
+                connection._timed_out()
+        if self._busy:
+            self._sweeper = loop.call_later(self._sweep_period_s(), self._sweep)
+
+    def post_now(
+        self, url: str, body: bytes, listener: Callable[[_Connection], None]
+    ) -> _Connection | None:
+        """Send on an idle pooled connection without a task: ``listener(connection)`` is
+        called once, from the connection's callbacks, when the whole answer arrived
+        (``complete``, ``status``, ``take_body()``) or the exchange failed (``error``;
+        ``stale`` when the engine had closed the reused connection); the listener ends the
+        exchange with ``finish()``. None, with nothing sent, when no connection to that
+        origin is idle (or the URL is not one this client can use): ``post`` then."""
+        try:
+            origin, target, host = _split(url)
+        except UpstreamError:
+            return None
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                connection.send(target, host, body, listener)
+                return connection
+        return None
 
     async def post(self, url: str, body: bytes) -> UpstreamResponse:
         origin, target, host = _split(url)
@@ -274,7 +357,7 @@ class H1Upstream:
     ) -> UpstreamResponse:
         if connection.closed:
             raise _Disconnected("ServerDisconnectedError")
-        connection.send(target, host, body, self.limits.read_timeout_s)
+        connection.send(target, host, body)
         assert connection.head is not None
         try:
             await connection.head
@@ -360,6 +443,9 @@ class H1Upstream:
 
     async def aclose(self) -> None:
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in list(self._open):
             connection._close()
         self._idle.clear()

@@ -1,5 +1,5 @@
-"""The gateway's HTTP/1.1 server protocol: uvicorn's httptools protocol, with each inference
-response written in one piece.
+"""The gateway's HTTP/1.1 server protocol: uvicorn's httptools protocol, with a fast path for
+the inference POSTs and each inference response written in one piece.
 
 uvicorn writes a response's status line and headers as soon as the app sends
 ``http.response.start``, and the body with each ``http.response.body``: two ``send(2)``
@@ -10,16 +10,33 @@ always follow the start with body bytes at once (``Response``, ``JSONResponse`` 
 writes it together with the first body bytes. Everything else (other paths, keep-alive,
 pipelining, flow control, 100-continue, shutdown) is uvicorn's own code.
 
+The fast path: uvicorn starts an ASGI task for each request as soon as its headers arrived,
+and the app's coroutines then wait on the body, on the engine (futures woken by the engine
+connection's callbacks) and on the sends: a task, a dozen coroutine frames, futures and
+ASGI message dicts per request, most of the gateway's CPU after its own logic. For an
+inference POST this protocol holds the request's task back until the whole body arrived,
+then hands it to ``Gateway.serve_now``, which serves it from callbacks (the engine's answer
+arrives in its connection's ``data_received`` and is written to the client from there)
+when it can. Anything that must wait (a key not in the auth cache, a stream, no idle engine
+connection, a retry) runs as uvicorn's task after all: at once when ``serve_now`` declines,
+or from where it stopped (``asgi.RESUME``). A body past uvicorn's buffer limit, a client
+gone before its body ended, pipelined requests and 100-continue take the usual path.
+
 Selected by ``gateway.serve.SERVER_OPTIONS`` (``http=...``) as an import string, so uvicorn
 stays an import of the serving entry points only. Built on uvicorn's ``HttpToolsProtocol``
-and ``RequestResponseCycle`` internals (``on_headers_complete``, ``cycle``, ``scope``,
-``send``); tests/gateway/test_h1server.py runs the gateway through it.
+and ``RequestResponseCycle`` internals (``on_headers_complete``, ``_start_asgi_task``,
+``on_body``, ``on_message_complete``, ``cycle``, ``scope``, ``send``);
+tests/gateway/test_h1server.py runs the gateway through it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
+from starlette.responses import Response
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -28,7 +45,10 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from scheduler.gateway.core import INFERENCE_PATHS
+from scheduler.gateway.asgi import RESUME, GatewayApp
+from scheduler.gateway.core import INFERENCE_PATHS, Gateway
+
+log = logging.getLogger(__name__)
 
 
 class OneWriteCycle(RequestResponseCycle):
@@ -47,14 +67,27 @@ class OneWriteCycle(RequestResponseCycle):
                 raise RuntimeError(
                     f"Expected ASGI message 'http.response.start', but got '{kind}'."
                 )
-            self.response_started = True
-            self.waiting_for_100_continue = False
-            self.head = self._encode_head(message["status"], message.get("headers", ()))
+            self._start(message["status"], message.get("headers", ()))
             return
         if self.response_complete or kind != "http.response.body":
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent.")
-        body: bytes = message.get("body", b"")
-        more_body = message.get("more_body", False)
+        self._write(message.get("body", b""), message.get("more_body", False))
+
+    def write_whole(self, status: int, headers: Any, body: bytes) -> None:
+        """Send a complete response now, from a callback (the fast path): what ``send``
+        does with its start and one body message, without waiting for a full write buffer
+        to drain (the transport buffers it; the answers are bounded)."""
+        if self.disconnected or self.response_started:
+            return
+        self._start(status, headers)
+        self._write(body, False)
+
+    def _start(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.head = self._encode_head(status, headers)
+
+    def _write(self, body: bytes, more_body: bool) -> None:
         if self.chunked_encoding:
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
             if not more_body:
@@ -112,11 +145,54 @@ class OneWriteCycle(RequestResponseCycle):
         return b"".join(content)
 
 
+class _Reply:
+    """``core.Reply`` for one held request: writes its response on its cycle, or starts the
+    cycle's ASGI task with the rest of the request (``asgi.RESUME``)."""
+
+    __slots__ = ("cycle", "protocol")
+
+    def __init__(self, protocol: GatewayHttpProtocol, cycle: OneWriteCycle) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+
+    def respond(self, response: Response) -> None:
+        try:
+            self.cycle.write_whole(response.status_code, response.raw_headers, bytes(response.body))
+        except Exception:  # e.g. a header uvicorn refuses: what run_asgi does with it
+            log.exception("writing a response failed")
+            self.cycle.transport.close()
+
+    def resume(self, serve: Callable[[], Awaitable[Response]]) -> None:
+        cast(dict[str, Any], self.cycle.scope)[RESUME] = serve
+        self.protocol.start(self.cycle)
+
+
+def _gateway_of(app: Any) -> Gateway | None:
+    """The Gateway behind uvicorn's app (inside its middleware wrappers), if any."""
+    for _ in range(8):
+        if isinstance(app, GatewayApp):
+            return getattr(app, "gateway", None)
+        app = getattr(app, "app", None)
+    return None
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; inference POSTs get a ``OneWriteCycle``."""
+    """uvicorn's httptools protocol; inference POSTs get a ``OneWriteCycle`` and, when the
+    app is the gateway, the fast path."""
+
+    _held: OneWriteCycle | None = None  # a request whose task waits for its whole body
+    _holding = False  # inside on_headers_complete: a new request's task may be held
+    _gateway: Gateway | bool | None = False  # False: not looked up yet
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()
+        # a pipelined request parsed from the same bytes as the end of the previous one,
+        # answered from this parser's callbacks, finds the keep-alive timer armed
+        self._unset_keepalive_if_required()
+        self._holding = True
+        try:
+            super().on_headers_complete()
+        finally:
+            self._holding = False
         cycle = self.cycle
         scope = self.scope
         if (
@@ -126,3 +202,68 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and scope["path"] in INFERENCE_PATHS
         ):
             cycle.__class__ = OneWriteCycle  # before its task first runs: same object, new send
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        scope = cycle.scope
+        if (
+            self._holding
+            and app is self.app  # not uvicorn's 503 for limit_concurrency
+            and scope["method"] == "POST"
+            and scope["path"] in INFERENCE_PATHS
+            and not scope["root_path"]
+            and not cycle.waiting_for_100_continue
+            and self._fast_gateway() is not None
+        ):
+            self._held = cycle  # type: ignore[assignment]  # made a OneWriteCycle right after
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def _fast_gateway(self) -> Gateway | None:
+        if self._gateway is False:
+            self._gateway = _gateway_of(self.app)
+        return self._gateway  # type: ignore[return-value]
+
+    def start(self, cycle: RequestResponseCycle) -> None:
+        """Start a held request's ASGI task (the usual path, from where it is)."""
+        super()._start_asgi_task(cycle, self.app)
+
+    def _release(self) -> None:
+        cycle, self._held = self._held, None
+        if cycle is not None:
+            self.start(cycle)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        held = self._held
+        if held is not None and len(held.body) > HIGH_WATER_LIMIT:
+            self._release()  # uvicorn paused reading: its task's receive() resumes it
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        cycle = self._held
+        if cycle is None:
+            return
+        self._held = None
+        if cycle is not self.cycle or cycle.response_complete or cycle.disconnected:
+            self.start(cycle)
+            return
+        authorization: str | None = None
+        for name, value in cycle.scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        gateway = self._gateway
+        assert isinstance(gateway, Gateway)
+        try:
+            taken = gateway.serve_now(
+                cycle.scope["path"], authorization, bytes(cycle.body), _Reply(self, cycle)
+            )
+        except Exception:  # before it took the request: nothing was done
+            log.exception("the inference fast path failed; serving the request as usual")
+            taken = False
+        if not taken:
+            self.start(cycle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()  # its task sees the client gone, as it would have without the hold
+        super().connection_lost(exc)

@@ -55,11 +55,16 @@ class Harness:
     data_dir: Path
     admin: httpx.Client
     clients: list[Any] = field(default_factory=list)
+    fast_path: bool = True
 
     def tenant(self, name: str, models: tuple[str, ...] = ("*",), **limits: Any) -> str:
-        """Create a tenant and return a fresh API key for it."""
+        """Create a tenant and return a fresh API key for it (already in the gateway's auth
+        cache when the fast path is on, so that its first request takes it too)."""
         self.tenancy.create_tenant(name, models, TenantLimits(**limits))
-        return self.tenancy.create_key(name).secret
+        secret = self.tenancy.create_key(name).secret
+        if self.fast_path:
+            self.tenancy.authenticate(secret)
+        return secret
 
     def openai(self, key: str, **kw: Any) -> openai.OpenAI:
         client = openai.OpenAI(api_key=key, base_url=self.url + "/v1", max_retries=0, **kw)
@@ -82,8 +87,15 @@ def upstream_client() -> str:
     return "h1"
 
 
+@pytest.fixture(params=["fast", "tasks"])
+def serving(request: pytest.FixtureRequest) -> str:
+    """How the gateway serves inference requests: from the server protocol's callbacks
+    where it can (Gateway.serve_now, the default), or each as an ASGI task (fast_path off)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def harness(tmp_path: Path, upstream_client: str) -> Iterator[Harness]:
+def harness(tmp_path: Path, upstream_client: str, serving: str) -> Iterator[Harness]:
     sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
     tenancy = TenancyService(sessions)
     ups = [FakeUpstream(served_model=ENGINE_MODEL), FakeUpstream(served_model=ENGINE_MODEL)]
@@ -95,7 +107,9 @@ def harness(tmp_path: Path, upstream_client: str) -> Iterator[Harness]:
         registry = CollectorRegistry()
         settings = Settings(data_dir=tmp_path, max_request_body_bytes=64 * 1024)
         config = dataclasses.replace(
-            GatewayConfig.from_settings(settings), upstream_client=upstream_client
+            GatewayConfig.from_settings(settings),
+            upstream_client=upstream_client,
+            fast_path=serving == "fast",
         )
         app = create_app(settings, tenancy, table, registry, admin_token=ADMIN_TOKEN, config=config)
         # the gateway's own server protocol, as its entry points run it (gateway/h1server)
@@ -104,6 +118,7 @@ def harness(tmp_path: Path, upstream_client: str) -> Iterator[Harness]:
                 base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
             )
             h = Harness(url, table, tenancy, ups, [u0, u1], registry, tmp_path, admin)
+            h.fast_path = serving == "fast"
             try:
                 yield h
             finally:

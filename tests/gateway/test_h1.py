@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,136 @@ def test_connection_ending_inside_a_framed_body_is_an_error() -> None:
 
     with pytest.raises(UpstreamError):
         asyncio.run(_post_to(cut))
+
+
+def _client(read_timeout_s: float = 60.0) -> H1Upstream:
+    return H1Upstream(
+        UpstreamLimits(max_connections=8, connect_timeout_s=2.0, read_timeout_s=read_timeout_s)
+    )
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+
+
+async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/completions"
+
+
+async def _pooled(client: H1Upstream, url: str) -> None:
+    """One answered request, leaving its connection idle in the pool."""
+    response = await client.post(url, b"{}")
+    await response.read()
+    await response.close()
+
+
+async def _post_now(client: H1Upstream, url: str, body: bytes) -> Any:
+    """post_now(), waiting for its listener: (the connection it got, as the listener saw
+    it: status, error, stale, body)."""
+    heard: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def listener(connection: Any) -> None:
+        body = connection.take_body() if connection.complete else None
+        heard.set_result((connection.status, connection.error, connection.stale, body))
+        connection.finish()
+
+    assert client.post_now(url, body, listener) is not None
+    async with asyncio.timeout(10):
+        return await heard
+
+
+def test_a_silent_engine_is_cut_after_the_read_timeout() -> None:
+    """An engine that takes a request and never answers: the client's one sweep cuts it
+    between one and 1.25 read timeouts (+ the sweep's turn) after its last bytes, for
+    post() and for post_now()'s listener alike; the connection is not reused."""
+
+    async def answers_once_then_silent(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await _answer(reader, writer, b"{}")
+        await _read_request(reader)
+        await asyncio.sleep(30)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(30)
+
+    async def run() -> tuple[float, float, Any]:
+        loop = asyncio.get_running_loop()
+        client = _client(read_timeout_s=0.4)
+        mute, mute_url = await _serve(silent)
+        once, once_url = await _serve(answers_once_then_silent)
+        try:
+            started = loop.time()
+            with pytest.raises(UpstreamError, match="TimeoutError"):
+                await client.post(mute_url, b"{}")
+            waited_post = loop.time() - started
+            await _pooled(client, once_url)
+            started = loop.time()
+            heard = await _post_now(client, once_url, b"{}")
+            waited_now = loop.time() - started
+            assert client.post_now(once_url, b"{}", lambda _: None) is None  # not reused
+            return waited_post, waited_now, heard
+        finally:
+            await client.aclose()
+            for server in (mute, once):
+                server.close()
+
+    waited_post, waited_now, (status, error, stale, body) = asyncio.run(run())
+    assert 0.4 <= waited_post < 1.5 and 0.4 <= waited_now < 1.5
+    assert (status, str(error), stale, body) == (0, "TimeoutError", False, None)
+
+
+def test_post_now_answers_through_its_listener_on_an_idle_connection() -> None:
+    answers = [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for body in answers:
+            await _answer(reader, writer, body)
+
+    async def run() -> tuple[Any, Any, Any]:
+        client = _client()
+        server, url = await _serve(keep_alive)
+        try:
+            # nothing idle yet (and not a URL this client can use): the caller posts instead
+            assert client.post_now(url, b"{}", lambda _: None) is None
+            assert client.post_now("ftp://x/y", b"{}", lambda _: None) is None
+            await _pooled(client, url)
+            first = await _post_now(client, url, b'{"a": 1}')
+            second = await _post_now(client, url, b'{"a": 2}')  # the same connection again
+            return first, second, len(client._open)
+        finally:
+            await client.aclose()
+            server.close()
+
+    first, second, opened = asyncio.run(run())
+    assert first == (200, None, False, b'{"n": 2}')
+    assert second == (200, None, False, b'{"n": 3}')
+    assert opened == 1
+
+
+def test_post_now_on_a_connection_the_engine_closed_is_stale() -> None:
+    """The engine closed an idle keep-alive connection just as it was reused: the listener
+    hears a failure before any response byte, marked stale (the gateway then sends the
+    request once more, the same replica allowed)."""
+
+    async def closes_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _answer(reader, writer, b"{}")
+        await _read_request(reader)
+        writer.close()
+
+    async def run() -> Any:
+        client = _client()
+        server, url = await _serve(closes_after_one)
+        try:
+            await _pooled(client, url)
+            return await _post_now(client, url, b"{}")
+        finally:
+            await client.aclose()
+            server.close()
+
+    status, error, stale, body = asyncio.run(run())
+    assert (status, stale, body) == (0, True, None) and isinstance(error, UpstreamError)

@@ -1,5 +1,5 @@
-"""The gateway's server protocol (gateway/h1server.py): one write per inference response,
-uvicorn's framing and keep-alive rules otherwise."""
+"""The gateway's server protocol (gateway/h1server.py): the fast path for inference requests,
+one write per inference response, uvicorn's framing and keep-alive rules otherwise."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from typing import Any
 
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 
-from scheduler.gateway.h1server import OneWriteCycle
+from scheduler.gateway.asgi import RESUME
+from scheduler.gateway.h1server import GatewayHttpProtocol, OneWriteCycle
 from tests.gateway.conftest import MODEL, Harness
+from tests.gateway.test_routing import usage_rows
 
 
 class _Transport:
@@ -164,3 +167,78 @@ def test_pipelined_inference_requests_on_one_connection(harness: Harness) -> Non
     assert all(a[0]["x-request-id"].startswith("req-") for a in answers)
     received = harness.upstreams[0].received + harness.upstreams[1].received
     assert sorted(r["prompt"] for r in received) == ["one", "two"]
+
+
+@pytest.mark.parametrize("serving", ["fast"])
+def test_known_keys_are_served_without_a_task(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests whose key the auth cache holds are answered from the protocol callbacks
+    (no ASGI task); a stream, or a key not cached yet, runs as a task; each request is
+    metered once either way."""
+    tasks: list[str] = []
+    start = GatewayHttpProtocol.start
+
+    def counted(self: GatewayHttpProtocol, cycle: Any) -> None:
+        tasks.append("resumed" if RESUME in cycle.scope else "from the start")
+        start(self, cycle)
+
+    monkeypatch.setattr(GatewayHttpProtocol, "start", counted)
+    http = harness.http(harness.tenant("acme"))  # a key the cache holds
+    body = {"model": MODEL, "prompt": "a b", "max_tokens": 3}
+    for _ in range(3):
+        answer = http.post("/v1/completions", json=body)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
+    assert tasks == ["resumed"]  # the first found no engine connection open yet
+    with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as streamed:
+        assert streamed.status_code == 200 and "data: [DONE]" in streamed.read().decode()
+    assert tasks == ["resumed"] * 2  # taken, then handed to a task where a stream must wait
+    cold = harness.http(harness.tenancy.create_key("acme").secret)  # not cached yet
+    assert cold.post("/v1/completions", json=body).status_code == 200
+    assert cold.post("/v1/completions", json=body).status_code == 200  # cached now
+    assert tasks == ["resumed", "resumed", "from the start"]
+    # refused on the fast path, in OpenAI format, with no task
+    wrong = http.post("/v1/completions", json={**body, "model": "nope"})
+    assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+    assert len(tasks) == 3
+    rows = usage_rows(harness)
+    assert [(r.status, r.stream, r.completion_tokens) for r in rows] == [
+        (200, False, 3), (200, False, 3), (200, False, 3), (200, True, 3),
+        (200, False, 3), (200, False, 3), (404, False, 0),
+    ]  # fmt: skip
+    assert len({r.request_id for r in rows}) == 7
+
+
+def test_client_gone_before_the_answer_is_still_metered_and_the_gateway_serves_on(
+    harness: Harness,
+) -> None:
+    """A client that hangs up while the engine works: the answer is dropped, its usage
+    recorded (the engine did the work), and the engine connection goes back to the pool."""
+    key = harness.tenant("acme")
+    host, port = harness.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 2}).encode()
+    # an engine connection left open, so the next request can take the fast path
+    assert harness.http(key).post("/v1/completions", json=json.loads(body)).status_code == 200
+    for upstream in harness.upstreams:
+        upstream.behaviour.delay_s = 0.3
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/completions HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        deadline = time.monotonic() + 5  # hang up once the engine has the request
+        while sum(u.completed for u in harness.upstreams) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(u.completed for u in harness.upstreams) == 2
+    for upstream in harness.upstreams:
+        upstream.behaviour.delay_s = 0.0
+    answer = harness.http(key).post("/v1/completions", json=json.loads(body))
+    assert answer.status_code == 200
+    rows = usage_rows(harness)
+    while len(rows) < 3 and time.monotonic() < deadline:  # the cut one may still be answering
+        time.sleep(0.05)
+        rows = usage_rows(harness)
+    assert [(r.status, r.completion_tokens) for r in rows] == [(200, 2)] * 3
