@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
@@ -678,9 +679,12 @@ def _parse_body(raw: bytes, path: str) -> dict[str, Any]:
     unchanged. Bodies of plainly valid JSON types skip pydantic (see plainly_valid)."""
     schema, chat = INFERENCE_PATHS[path]
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"Malformed JSON body: {exc}.") from exc
+        body = orjson.loads(raw)  # a tenth of json.loads' CPU on a short request
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses and json takes (UTF-16 bodies, NaN): as before
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"Malformed JSON body: {exc}.") from exc
     if type(body) is dict and plainly_valid(body, chat=chat):
         return body
     try:

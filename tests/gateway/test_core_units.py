@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.errors import RateLimited
+from scheduler.errors import InvalidInput, RateLimited
+from scheduler.gateway.core import _parse_body
 from scheduler.gateway.limits import Admission, BudgetLedger, TokenBucket
 from scheduler.gateway.load import ReplicaLoad, cost_yuan
 from scheduler.gateway.metering import UsageWriter, decode, encode
@@ -65,6 +66,22 @@ def test_usage_of_body_reads_only_top_level_usage() -> None:
     ).encode()
     assert usage_of_body(body) == {"prompt_tokens": 2}
     assert usage_of_body(b'{"choices": []}') is None
+    assert usage_of_body(b'{"usage": 3}') is None and usage_of_body(b"[1]") is None
+    # not UTF-8 (orjson refuses it): the last top-level "usage" is still found
+    latin = b'{"choices": [{"text": "caf\xe9"}], "usage": {"prompt_tokens": 4}}'
+    assert usage_of_body(latin) == {"prompt_tokens": 4}
+    assert usage_of_body(b"not json") is None
+
+
+def test_request_bodies_orjson_refuses_parse_as_before() -> None:
+    """UTF-16 and NaN bodies: json takes them (orjson does not), so they still parse."""
+    body = {"model": "m", "prompt": "x", "temperature": 0.5}
+    assert _parse_body(json.dumps(body).encode("utf-16"), "/v1/completions") == body
+    assert (
+        _parse_body(b'{"model": "m", "prompt": "x", "x": NaN}', "/v1/completions")["model"] == "m"
+    )
+    with pytest.raises(InvalidInput, match="Malformed JSON body"):
+        _parse_body(b'{"model": ', "/v1/completions")
 
 
 def test_busy_share_splits_replica_time_between_overlapping_requests() -> None:
