@@ -61,7 +61,7 @@ from scheduler.gateway.sse import (
     rewrite,
     usage_of_body,
 )
-from scheduler.gateway.streaming import EventStreamResponse
+from scheduler.gateway.streaming import EventStreamResponse, event_stream_headers
 from scheduler.gateway.upstream import (
     UpstreamClient,
     UpstreamError,
@@ -87,12 +87,34 @@ class ClientGone(Exception):
 
 
 class Reply(Protocol):
-    """Where ``Gateway.serve_now`` sends the outcome of a request it took (exactly one
-    call): a complete response to write, or the rest of the request to run as a task."""
+    """Where ``Gateway.serve_now`` sends the outcome of a request it took: a complete
+    response to write (``respond``), the rest of the request to run as a task (``resume``),
+    or a stream (``start_stream``, ``send``..., ``end``). One of the three, once."""
 
     def respond(self, response: Response) -> None: ...
 
     def resume(self, serve: Callable[[], Awaitable[Response]]) -> None: ...
+
+    def start_stream(self, headers: list[tuple[bytes, bytes]], first: bytes) -> None:
+        """Send a 200 head with these headers and the first body bytes (chunked)."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def end(self) -> None:
+        """End the stream's body (the connection stays open for the next request)."""
+
+    def abort(self) -> None:
+        """Close the client connection (the stream cannot end cleanly)."""
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` when the client's write buffer drained after ``write_paused``,
+        or when the client went away."""
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    @property
+    def client_gone(self) -> bool: ...
 
 
 @dataclass
@@ -267,19 +289,24 @@ class Gateway:
         ex.principal = principal
         try:
             self._describe(ex, body)
-            if ex.stream or not self._admit_now(ex):
+            if not self._admit_now(ex):
                 reply.resume(lambda: self._guarded(ex, self._serve(ex, path, body, raw)))
                 return True
             replica = self._pick(ex, set())
             if replica is not None:
                 self._attach(ex, replica)
                 payload = self._payload(ex, body, raw, replica)
+                if ex.stream:
+                    relay = _StreamRelay(self, ex, path, body, raw, replica, reply)
+                    if post_now(replica.base_url + path, payload, relay.heard, each=True):
+                        return True
+                else:
 
-                def answered(connection: Any) -> None:
-                    self._answered(ex, path, body, raw, replica, reply, connection)
+                    def answered(connection: Any) -> None:
+                        self._answered(ex, path, body, raw, replica, reply, connection)
 
-                if post_now(replica.base_url + path, payload, answered) is not None:
-                    return True
+                    if post_now(replica.base_url + path, payload, answered) is not None:
+                        return True
                 self._detach(ex)
             reply.resume(lambda: self._guarded(ex, self._forward(ex, path, body, raw)))
         except CunliangError as exc:
@@ -314,15 +341,30 @@ class Gateway:
                     reply.respond(self._complete(ex, content))
                 return
             failure = f"{replica.id}: {connection.error or f'HTTP {status}'}"
-            # an engine that closed the idle connection we reused: the same replica, fresh
-            tried = set() if connection.stale else {replica.id}
-            connection.finish()
-            self._detach(ex)
+            self._resume_elsewhere(ex, path, body, raw, replica, reply, connection, failure)
         except Exception:
             log.exception("inference request failed")
             self.finish(ex, 500)
             reply.respond(unexpected_error_response())
-            return
+
+    def _resume_elsewhere(
+        self,
+        ex: Exchange,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        replica: ReplicaEndpoint,
+        reply: Reply,
+        connection: Any,
+        failure: str,
+    ) -> None:
+        """A fast attempt failed before anything reached the client: end it and let a task
+        try the next replica (the same one when the engine had closed the reused
+        connection), as ``_forward`` would."""
+        tried = set() if connection.stale else {replica.id}
+        connection.finish()
+        self._detach(ex)
+        ex.tally, ex.first_token_s = StreamTally(), None  # nothing of it was sent
         reply.resume(lambda: self._guarded(ex, self._forward(ex, path, body, raw, tried, failure)))
 
     async def _read_body(self, receive: Receive) -> bytes:
@@ -494,10 +536,7 @@ class Gateway:
             else:
                 chunks = upstream.chunks()
                 first = await self._first_events(ex, chunks)
-                return EventStreamResponse(
-                    self._relay(ex, upstream, chunks, first),
-                    headers={"x-request-id": ex.request_id, "cache-control": "no-cache"},
-                )
+                return EventStreamResponse(self._relay(ex, upstream, chunks, first), ex.request_id)
         except UpstreamError as exc:
             await upstream.close()
             raise _RetryElsewhere(str(exc)) from exc
@@ -630,6 +669,135 @@ class Gateway:
         self.admission.on_recorded(
             tenant_id, ex.created_at, prompt_tokens + completion_tokens, cost
         )
+
+
+class _StreamRelay:
+    """A stream on the fast path: the engine connection's listener (``heard``, called as its
+    bytes arrive) relays events to the client from the callbacks, as ``_first_events`` and
+    ``_relay`` do in a task: nothing is sent before the first whole event (until then a
+    failure goes to another replica); usage recorded before the last bytes leave; a cut
+    ends in an error event; a client gone is noticed at the engine's next bytes (499); a
+    slow client holds the engine connection's reading back."""
+
+    __slots__ = (
+        "body", "committed", "connection", "ended", "ex", "gateway", "path", "raw", "replica",
+        "reply",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ex: Exchange,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        replica: ReplicaEndpoint,
+        reply: Reply,
+    ) -> None:
+        self.gateway = gateway
+        self.ex = ex
+        self.path = path
+        self.body = body
+        self.raw = raw
+        self.replica = replica
+        self.reply = reply
+        self.committed = False  # the head and a first event went to the client
+        self.ended = False
+        self.connection: Any = None
+
+    def heard(self, connection: Any) -> None:
+        if self.ended:
+            return
+        self.connection = connection
+        try:
+            self._heard(connection)
+        except Exception:
+            log.exception("relaying a stream failed")
+            self.ended = True
+            self.reply.on_drain(None)
+            self.gateway.finish(self.ex, 500)
+            with contextlib.suppress(Exception):
+                connection.finish()
+            if self.committed:
+                self.reply.abort()
+            else:
+                self.reply.respond(unexpected_error_response())
+
+    def _heard(self, connection: Any) -> None:
+        gateway, ex, reply = self.gateway, self.ex, self.reply
+        tally = ex.tally
+        if not self.committed:
+            status = connection.status
+            if connection.error is not None or status >= 500:
+                failure = connection.error or f"HTTP {status}"
+                self._elsewhere(connection, f"{self.replica.id}: {failure}")
+                return
+            if status >= 400:  # the request's fault: forwarded once the whole error is in
+                if connection.complete:
+                    content = connection.take_body()
+                    connection.finish()
+                    self.ended = True
+                    reply.respond(gateway._upstream_error(ex, status, content))
+                return
+        elif reply.client_gone:
+            self._close(connection, 499)  # and drop the engine connection (incomplete)
+            return
+        out = inspect_block(
+            connection.take_body(), tally, forward_usage=ex.want_usage, rename=ex.rename
+        )
+        if not self.committed:
+            error = tally.error
+            if error is not None and tally.content_events == 0 and _server_side(error):
+                message = f"engine error event: {_error_message(error)}"
+                self._elsewhere(connection, f"{self.replica.id}: {message}")
+                return
+            if not out:
+                if connection.complete:
+                    message = "stream ended before the first event"
+                    self._elsewhere(connection, f"{self.replica.id}: {message}")
+                return
+        gateway._note_first_token(ex)
+        if tally.done:  # an engine error event mid-stream still ends with [DONE]
+            gateway.finish(ex, 502 if tally.error else 200)
+        if not self.committed:
+            self.committed = True
+            reply.on_drain(self._drained)
+            reply.start_stream(event_stream_headers(ex.request_id), out)
+        elif out:
+            reply.send(out)
+        if connection.error is not None:
+            gateway.finish(ex, 502)
+            message = f"The engine connection failed mid-stream ({connection.error})."
+            reply.send(error_event(message))
+            self._close(connection, 499)
+        elif connection.complete:
+            if not tally.done:
+                gateway.finish(ex, 502)
+                reply.send(error_event("The engine closed the stream before it finished."))
+            self._close(connection, 499)
+        elif reply.write_paused:
+            connection.pause()
+
+    def _drained(self) -> None:
+        if self.connection is not None and not self.ended:
+            self.connection.resume()
+
+    def _elsewhere(self, connection: Any, failure: str) -> None:
+        self.ended = True
+        self.connection = None
+        self.gateway._resume_elsewhere(
+            self.ex, self.path, self.body, self.raw, self.replica, self.reply, connection, failure
+        )
+
+    def _close(self, connection: Any, status: int) -> None:
+        """End the relay: ``status`` is recorded unless the exchange was finished already
+        (499: the client went away first); the stream's body ends if the client is there."""
+        self.ended = True
+        self.connection = None
+        self.reply.on_drain(None)
+        self.gateway.finish(self.ex, status)
+        connection.finish()
+        self.reply.end()
 
 
 class JsonAnswer(Response):

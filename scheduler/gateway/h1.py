@@ -70,9 +70,11 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.sent = False  # a request is out and its exchange not finished
         self.head: asyncio.Future[None] | None = None  # post(): resolved by the response head
-        # post_now(): called once, with this connection, when the whole answer arrived or
-        # the exchange failed (``error``), instead of ``head`` and ``next_piece``
+        # post_now(): called with this connection when the whole answer arrived or the
+        # exchange failed (``error``), instead of ``head`` and ``next_piece``; ``each``:
+        # also whenever body bytes arrived (a stream), until ``finish()``
         self.listener: Callable[[_Connection], None] | None = None
+        self.each = False
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.complete = False
@@ -98,8 +100,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"malformed response: {exc}"))
             self._close()
-        if self.complete and self.listener is not None:  # after the parser returned
-            self._answer()
+        if self.listener is not None and (self.complete or (self.each and self.body)):
+            self._answer()  # after the parser returned
 
     def eof_received(self) -> bool | None:
         # a body with neither length nor chunking ends with the connection; an end before
@@ -163,6 +165,7 @@ class _Connection(asyncio.Protocol):
         host: bytes,
         body: bytes,
         listener: Callable[[_Connection], None] | None = None,
+        each: bool = False,
     ) -> None:
         assert self.transport is not None
         self.sent = True
@@ -171,6 +174,7 @@ class _Connection(asyncio.Protocol):
             self.head = self.loop.create_future()
         else:
             self.listener = listener
+            self.each = each
         self.last_data_s = self.loop.time()
         head = (
             b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
@@ -204,9 +208,23 @@ class _Connection(asyncio.Protocol):
             self._answer()
 
     def _answer(self) -> None:
-        listener, self.listener = self.listener, None
+        listener = self.listener
         if listener is not None:
+            if not self.each:
+                self.listener = None
             listener(self)
+
+    def pause(self) -> None:
+        """Stop reading the answer (post_now streams: the client is slower than the engine;
+        the read timeout waits meanwhile)."""
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
 
     @property
     def stale(self) -> bool:
@@ -215,8 +233,11 @@ class _Connection(asyncio.Protocol):
         return self.reused and not self.status and isinstance(self.error, _Disconnected)
 
     def take_body(self) -> bytes:
-        """post_now(): the whole answer's body (call once, after ``complete``)."""
+        """post_now(): the body bytes that arrived and were not taken yet (after
+        ``complete``, the whole body or what ``each`` calls left of it)."""
         body = self.body
+        if not body:
+            return b""
         piece = body.popleft() if len(body) == 1 else b"".join(body)
         body.clear()
         self.buffered = 0
@@ -293,6 +314,7 @@ class H1Upstream:
         self._ssl: ssl.SSLContext | None = None
         self._closing = False
         self._busy: set[_Connection] = set()  # waiting on a response: the sweep watches them
+        self._connecting: set[asyncio.Task[None]] = set()  # post_now()'s connects
         self._sweeper: asyncio.TimerHandle | None = None
 
     def _watch(self, connection: _Connection) -> None:
@@ -321,14 +343,22 @@ class H1Upstream:
             self._sweeper = loop.call_later(self._sweep_period_s(), self._sweep)
 
     def post_now(
-        self, url: str, body: bytes, listener: Callable[[_Connection], None]
+        self,
+        url: str,
+        body: bytes,
+        listener: Callable[[_Connection], None],
+        *,
+        each: bool = False,
     ) -> _Connection | None:
-        """Send on an idle pooled connection without a task: ``listener(connection)`` is
-        called once, from the connection's callbacks, when the whole answer arrived
-        (``complete``, ``status``, ``take_body()``) or the exchange failed (``error``;
-        ``stale`` when the engine had closed the reused connection); the listener ends the
-        exchange with ``finish()``. None, with nothing sent, when no connection to that
-        origin is idle (or the URL is not one this client can use): ``post`` then."""
+        """Send without a task: ``listener(connection)`` is called from the connection's
+        callbacks when the whole answer arrived (``complete``, ``status``, ``take_body()``)
+        or the exchange failed (``error``; ``stale`` when the engine had closed the reused
+        connection), once; with ``each`` also whenever body bytes arrived (``pause()`` and
+        ``resume()`` hold the engine back for a slow client). The listener ends the
+        exchange with ``finish()``. Sent at once on an idle pooled connection; with none
+        idle, a new one is opened first (a task only for the connect; a failed connect
+        reaches the listener as ``error``). None, with nothing sent, when no connection
+        slot is free or the URL is not one this client can use: ``post`` then."""
         try:
             origin, target, host = _split(url)
         except UpstreamError:
@@ -337,9 +367,50 @@ class H1Upstream:
         while idle:
             connection = idle.pop()
             if not connection.closed:
-                connection.send(target, host, body, listener)
+                connection.send(target, host, body, listener, each)
                 return connection
-        return None
+        if self._closing or (
+            len(self._open) >= self.limits.max_connections and not self._evict_idle()
+        ):
+            return None  # no slot free: post() waits for one
+        connection = _Connection(self, origin)
+        self._open.add(connection)
+        connection.listener, connection.each = listener, each  # a failed connect tells it
+        task = asyncio.get_running_loop().create_task(
+            self._connect_and_send(connection, target, host, body)
+        )
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        return connection
+
+    async def _connect_and_send(
+        self, connection: _Connection, target: bytes, host: bytes, body: bytes
+    ) -> None:
+        """post_now() with no idle connection: open one (as ``_connect`` does), then send."""
+        scheme, hostname, port = connection.origin
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout_s):
+                await connection.loop.create_connection(
+                    lambda: connection,
+                    hostname,
+                    port,
+                    ssl=self._ssl_context() if scheme == "https" else None,
+                )
+        except TimeoutError:
+            self._forget(connection)
+            connection._fail(UpstreamError("ConnectTimeoutError"))
+            return
+        except OSError as exc:
+            self._forget(connection)
+            connection._fail(UpstreamError(f"ClientConnectorError: {exc.strerror or exc}"))
+            return
+        except BaseException:  # cancelled (the client closing): the listener still hears
+            self._forget(connection)
+            connection._fail(UpstreamError("client closed"))
+            raise
+        if connection.closed:  # cut at once: connection_lost told the listener
+            return
+        connection.send(target, host, body, connection.listener, connection.each)
 
     async def post(self, url: str, body: bytes) -> UpstreamResponse:
         origin, target, host = _split(url)
@@ -446,6 +517,8 @@ class H1Upstream:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        for task in list(self._connecting):
+            task.cancel()
         for connection in list(self._open):
             connection._close()
         self._idle.clear()

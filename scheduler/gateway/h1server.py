@@ -145,6 +145,10 @@ class OneWriteCycle(RequestResponseCycle):
         return b"".join(content)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Reply:
     """``core.Reply`` for one held request: writes its response on its cycle, or starts the
     cycle's ASGI task with the rest of the request (``asgi.RESUME``)."""
@@ -161,10 +165,52 @@ class _Reply:
         except Exception:  # e.g. a header uvicorn refuses: what run_asgi does with it
             log.exception("writing a response failed")
             self.cycle.transport.close()
+        self._done()
+
+    def _done(self) -> None:
+        """The request is over: drop the cycle's hold on the protocol, as run_asgi does when
+        its task ends (else each cycle and its request stay in a reference cycle until the
+        garbage collector's next full pass)."""
+        self.cycle.on_response = _nothing
 
     def resume(self, serve: Callable[[], Awaitable[Response]]) -> None:
         cast(dict[str, Any], self.cycle.scope)[RESUME] = serve
         self.protocol.start(self.cycle)
+
+    # a stream relayed from callbacks (core._StreamRelay): uvicorn's chunked framing
+
+    def start_stream(self, headers: list[tuple[bytes, bytes]], first: bytes) -> None:
+        cycle = self.cycle
+        if cycle.disconnected or cycle.response_started:
+            return
+        cycle._start(200, headers)
+        cycle._write(first, True)
+
+    def send(self, data: bytes) -> None:
+        cycle = self.cycle
+        if data and cycle.response_started and not cycle.disconnected:
+            cycle._write(data, True)
+
+    def end(self) -> None:
+        cycle = self.cycle
+        if cycle.response_started and not cycle.response_complete and not cycle.disconnected:
+            cycle._write(b"", False)
+        self._done()
+
+    def abort(self) -> None:
+        self.cycle.transport.close()
+        self._done()
+
+    def on_drain(self, callback: Callable[[], None] | None) -> None:
+        self.protocol.drained = callback
+
+    @property
+    def write_paused(self) -> bool:
+        return bool(self.cycle.flow.write_paused)
+
+    @property
+    def client_gone(self) -> bool:
+        return bool(self.cycle.disconnected)
 
 
 def _gateway_of(app: Any) -> Gateway | None:
@@ -183,6 +229,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _held: OneWriteCycle | None = None  # a request whose task waits for its whole body
     _holding = False  # inside on_headers_complete: a new request's task may be held
     _gateway: Gateway | bool | None = False  # False: not looked up yet
+    # a fast-path stream's hook: its client can take more bytes, or went away
+    drained: Callable[[], None] | None = None
 
     def on_headers_complete(self) -> None:
         # a pipelined request parsed from the same bytes as the end of the previous one,
@@ -267,3 +315,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()  # its task sees the client gone, as it would have without the hold
         super().connection_lost(exc)
+        if self.drained is not None:
+            self.drained()  # a paused stream reads on, to notice the client gone
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.drained is not None:
+            self.drained()

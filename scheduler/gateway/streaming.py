@@ -11,7 +11,7 @@ closes the upstream connection), and nothing more is sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -22,14 +22,23 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+def event_stream_headers(request_id: str) -> list[tuple[bytes, bytes]]:
+    """The head of every relayed stream (chunked: no content-length)."""
+    return [
+        (b"x-request-id", request_id.encode()),
+        (b"cache-control", b"no-cache"),
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+    ]
+
+
 class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], request_id: str) -> None:
         self.events = events
         self.status_code = 200
         self.background = None
-        self.init_headers(headers)
+        self.raw_headers = event_stream_headers(request_id)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.ensure_future(_until_disconnect(receive))

@@ -148,7 +148,7 @@ def test_a_silent_engine_is_cut_after_the_read_timeout() -> None:
             started = loop.time()
             heard = await _post_now(client, once_url, b"{}")
             waited_now = loop.time() - started
-            assert client.post_now(once_url, b"{}", lambda _: None) is None  # not reused
+            assert not client._open  # the cut connections were not kept for reuse
             return waited_post, waited_now, heard
         finally:
             await client.aclose()
@@ -160,32 +160,49 @@ def test_a_silent_engine_is_cut_after_the_read_timeout() -> None:
     assert (status, str(error), stale, body) == (0, "TimeoutError", False, None)
 
 
-def test_post_now_answers_through_its_listener_on_an_idle_connection() -> None:
+def test_post_now_answers_through_its_listener_and_reuses_the_connection() -> None:
     answers = [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
 
     async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for body in answers:
             await _answer(reader, writer, body)
 
-    async def run() -> tuple[Any, Any, Any]:
+    async def run() -> tuple[Any, Any, Any, int]:
         client = _client()
         server, url = await _serve(keep_alive)
         try:
-            # nothing idle yet (and not a URL this client can use): the caller posts instead
-            assert client.post_now(url, b"{}", lambda _: None) is None
-            assert client.post_now("ftp://x/y", b"{}", lambda _: None) is None
-            await _pooled(client, url)
-            first = await _post_now(client, url, b'{"a": 1}')
-            second = await _post_now(client, url, b'{"a": 2}')  # the same connection again
-            return first, second, len(client._open)
+            assert client.post_now("ftp://x/y", b"{}", lambda _: None) is None  # not its URL
+            first = await _post_now(client, url, b'{"a": 1}')  # opens a connection
+            second = await _post_now(client, url, b'{"a": 2}')  # then reuses it
+            third = await _post_now(client, url, b'{"a": 3}')
+            return first, second, third, len(client._open)
         finally:
             await client.aclose()
             server.close()
 
-    first, second, opened = asyncio.run(run())
-    assert first == (200, None, False, b'{"n": 2}')
-    assert second == (200, None, False, b'{"n": 3}')
+    first, second, third, opened = asyncio.run(run())
+    assert [first, second, third] == [(200, None, False, body) for body in answers]
     assert opened == 1
+
+
+async def _answer_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+def test_post_now_connect_failure_reaches_the_listener() -> None:
+    async def run() -> Any:
+        server, url = await _serve(_answer_nothing)  # a port nothing listens on once closed
+        server.close()
+        await server.wait_closed()
+        client = _client()
+        try:
+            return await _post_now(client, url, b"{}"), len(client._open)
+        finally:
+            await client.aclose()
+
+    (status, error, stale, body), opened = asyncio.run(run())
+    assert (status, stale, body, opened) == (0, False, None, 0)
+    assert str(error).startswith("ClientConnectorError")
 
 
 def test_post_now_on_a_connection_the_engine_closed_is_stale() -> None:
