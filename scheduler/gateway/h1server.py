@@ -46,7 +46,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from scheduler.gateway.asgi import RESUME, GatewayApp
-from scheduler.gateway.core import INFERENCE_PATHS, Gateway
+from scheduler.gateway.core import INFERENCE_PATHS, Gateway, JsonAnswer
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +73,19 @@ class OneWriteCycle(RequestResponseCycle):
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent.")
         self._write(message.get("body", b""), message.get("more_body", False))
 
-    def write_whole(self, status: int, headers: Any, body: bytes) -> None:
+    def write_whole(self, status: int, headers: Any, body: bytes, trusted: bool = False) -> None:
         """Send a complete response now, from a callback (the fast path): what ``send``
         does with its start and one body message, without waiting for a full write buffer
         to drain (the transport buffers it; the answers are bounded)."""
         if self.disconnected or self.response_started:
             return
-        self._start(status, headers)
+        self._start(status, headers, trusted)
         self._write(body, False)
 
-    def _start(self, status: int, headers: Any) -> None:
+    def _start(self, status: int, headers: Any, trusted: bool = False) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
-        self.head = self._encode_head(status, headers)
+        self.head = self._encode_head(status, headers, trusted)
 
     def _write(self, body: bytes, more_body: bool) -> None:
         if self.chunked_encoding:
@@ -111,18 +111,35 @@ class OneWriteCycle(RequestResponseCycle):
                 self.transport.close()
             self.on_response()
 
-    def _encode_head(self, status: int, headers: Any) -> bytes:
+    def _encode_head(self, status: int, headers: Any, trusted: bool = False) -> bytes:
         """uvicorn's head encoding (same default headers and framing). The header checks
-        run on the response's own headers only, not again on uvicorn's default headers
-        (date, server: its own, the same for every response)."""
+        run on the response's own headers only (none for ``trusted`` ones, built by the
+        gateway itself), not again on uvicorn's default headers (date, server: its own,
+        the same for every response), which are encoded once per change (uvicorn renews
+        the list when the date ticks)."""
+        if not trusted:
+            for name, value in headers:
+                if HEADER_RE.search(name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                if HEADER_VALUE_RE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")
         content = [STATUS_LINE[status]]
+        defaults = self.default_headers
+        encoded = _DEFAULTS.get(id(defaults))
+        if encoded is not None and encoded[0] is defaults:
+            content.append(encoded[1])
+            all_headers = headers
+        else:
+            block = _plain_defaults(defaults)
+            if block is not None:
+                _DEFAULTS.clear()  # the last list only
+                _DEFAULTS[id(defaults)] = (defaults, block)
+                content.append(block)
+                all_headers = headers
+            else:  # a default header that frames or closes: the whole loop, as uvicorn
+                all_headers = (*defaults, *headers)
         has_connection_close = False
-        for name, value in headers:
-            if HEADER_RE.search(name):
-                raise RuntimeError("Invalid HTTP header name.")
-            if HEADER_VALUE_RE.search(value):
-                raise RuntimeError("Invalid HTTP header value.")
-        for name, value in (*self.default_headers, *headers):
+        for name, value in all_headers:
             name = name.lower()
             if name == b"content-length" and self.chunked_encoding is None:
                 self.expected_content_length = int(value.decode())
@@ -145,6 +162,19 @@ class OneWriteCycle(RequestResponseCycle):
         return b"".join(content)
 
 
+# {id(uvicorn's default header list): (that list, its encoded lines)}: the current one only
+_DEFAULTS: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
+_FRAMING = (b"content-length", b"transfer-encoding", b"connection")
+
+
+def _plain_defaults(defaults: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The default headers' lines, or None if one of them frames or closes (never in
+    uvicorn's own: date, server)."""
+    if any(name.lower() in _FRAMING for name, _ in defaults):
+        return None
+    return b"".join(b"%s: %s\r\n" % (name.lower(), value) for name, value in defaults)
+
+
 def _nothing() -> None:
     pass
 
@@ -161,7 +191,12 @@ class _Reply:
 
     def respond(self, response: Response) -> None:
         try:
-            self.cycle.write_whole(response.status_code, response.raw_headers, bytes(response.body))
+            self.cycle.write_whole(
+                response.status_code,
+                response.raw_headers,
+                bytes(response.body),
+                trusted=type(response) is JsonAnswer,  # its three headers are the gateway's
+            )
         except Exception:  # e.g. a header uvicorn refuses: what run_asgi does with it
             log.exception("writing a response failed")
             self.cycle.transport.close()
@@ -183,7 +218,7 @@ class _Reply:
         cycle = self.cycle
         if cycle.disconnected or cycle.response_started:
             return
-        cycle._start(200, headers)
+        cycle._start(200, headers, trusted=True)  # event_stream_headers
         cycle._write(first, True)
 
     def send(self, data: bytes) -> None:
@@ -234,8 +269,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         # a pipelined request parsed from the same bytes as the end of the previous one,
-        # answered from this parser's callbacks, finds the keep-alive timer armed
-        self._unset_keepalive_if_required()
+        # answered from this parser's callbacks, finds the connection marked idle
+        self._idle_since_s = None
         self._holding = True
         try:
             super().on_headers_complete()
@@ -312,7 +347,47 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not taken:
             self.start(cycle)
 
+    # keep-alive: uvicorn arms a timer when a response completes and cancels it when bytes
+    # arrive, two timer operations per request; here one timer per idle spell is armed and,
+    # when due, re-armed for the rest of the spell if the connection was busy meanwhile
+
+    _idle_since_s: float | None = None  # the last response completed, nothing in since
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since_s = None  # busy: a timer that comes due finds it so
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timer above."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since_s = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since_s = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since_s = self._idle_since_s
+        if idle_since_s is None:
+            return  # busy: its next response arms the timer again
+        left_s = idle_since_s + self.timeout_keep_alive - self.loop.time()
+        if left_s > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left_s, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         self._release()  # its task sees the client gone, as it would have without the hold
         super().connection_lost(exc)
         if self.drained is not None:

@@ -14,9 +14,12 @@ from scheduler.preflight import free_port
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, lifespan: str = "on", http: Any = "auto") -> Iterator[str]:
+def serve_in_thread(
+    app: Any, *, lifespan: str = "on", http: Any = "auto", **options: Any
+) -> Iterator[str]:
     """Yield the base URL (http://127.0.0.1:PORT) while ``app`` is served; stop after.
-    ``http``: uvicorn's HTTP protocol (a name, an import string or a class)."""
+    ``http``: uvicorn's HTTP protocol (a name, an import string or a class); ``options``:
+    more uvicorn.Config options."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -27,6 +30,7 @@ def serve_in_thread(app: Any, *, lifespan: str = "on", http: Any = "auto") -> It
         access_log=False,
         loop="asyncio",
         http=http,
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -15,6 +15,8 @@ from uvicorn.protocols.http.flow_control import FlowControl
 
 from scheduler.gateway.asgi import RESUME
 from scheduler.gateway.h1server import GatewayHttpProtocol, OneWriteCycle
+from scheduler.gateway.serve import SERVER_OPTIONS
+from tests.fakes.servers import serve_in_thread
 from tests.gateway.conftest import MODEL, Harness
 from tests.gateway.test_routing import usage_rows
 
@@ -242,3 +244,29 @@ def test_client_gone_before_the_answer_is_still_metered_and_the_gateway_serves_o
         time.sleep(0.05)
         rows = usage_rows(harness)
     assert [(r.status, r.completion_tokens) for r in rows] == [(200, 2)] * 3
+
+
+async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_keep_alive_closes_idle_connections_not_busy_ones() -> None:
+    """One keep-alive timer per idle spell: a connection in use every 0.3 s stays open past
+    the 1 s keep-alive timeout; left idle, it is closed 1 to 2 s later."""
+    with serve_in_thread(
+        _ok, lifespan="off", http=SERVER_OPTIONS["http"], timeout_keep_alive=1
+    ) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            buffer = bytearray()
+            for _ in range(8):  # 2.4 s of use
+                sock.sendall(f"GET / HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+                status, _, body = _read_response(sock, buffer)
+                assert (status, body) == (b"HTTP/1.1 200 OK", b"ok")
+                time.sleep(0.3)
+            idle_from = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the server
+            assert 0.6 <= time.monotonic() - idle_from < 2.5
