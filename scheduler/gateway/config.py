@@ -25,6 +25,9 @@ class GatewayConfig:
     max_upstream_connections: int = 1024
     no_replica_retry_after_s: float = 5.0
     fast_path: bool = True  # Gateway.serve_now (with the h1 client and gateway/h1server)
+    # at shutdown, how long to wait for requests still waiting on engines after their
+    # clients left (their usage is recorded when the engines answer)
+    shutdown_grace_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayConfig:

@@ -136,6 +136,7 @@ class Exchange:
     first_token_s: float | None = None
     rename: tuple[tuple[bytes, bytes], ...] = ()
     finished: bool = False
+    fast: bool = False  # taken by serve_now: counted in Gateway.fast_in_flight until finished
     tally: StreamTally = field(default_factory=StreamTally)
 
 
@@ -174,6 +175,9 @@ class Gateway:
         )
         self._client: UpstreamClient | None = None
         self._post_now: Callable[..., Any] | None = None  # the client's post_now, if it has one
+        # exchanges serve_now took and nothing finished yet: neither a task nor (once their
+        # client left) a connection uvicorn waits for at shutdown; shutdown waits for them
+        self.fast_in_flight = 0
         self._sequence = itertools.count()
         # request ids: 64 random bits per process start + a counter (unique across gateway
         # processes and restarts without a random draw per request)
@@ -198,8 +202,25 @@ class Gateway:
         if self.config.fast_path:
             self._post_now = getattr(self._client, "post_now", None)
 
+    @property
+    def fast_path_on(self) -> bool:
+        """Whether serve_now takes requests (started, fast_path set, an h1 client)."""
+        return self._post_now is not None
+
     async def shutdown(self) -> None:
         self._post_now = None
+        # the exchanges serve_now took are still to be recorded (uvicorn waited for open
+        # client connections and tasks, not for those whose client left)
+        deadline_s = self.clock() + self.config.shutdown_grace_s
+        while self.fast_in_flight > 0 and self.clock() < deadline_s:
+            await asyncio.sleep(0.02)
+        if self.fast_in_flight > 0:
+            log.warning(
+                "stopping with %d request(s) still waiting on engines after %.0f s: "
+                "their usage is not recorded",
+                self.fast_in_flight,
+                self.config.shutdown_grace_s,
+            )
         await self.writer.stop()
         if self._client is not None:
             await self._client.aclose()
@@ -287,6 +308,8 @@ class Gateway:
             return False  # handle answers it (and counts it) as usual
         ex = self._exchange()
         ex.principal = principal
+        ex.fast = True
+        self.fast_in_flight += 1
         try:
             self._describe(ex, body)
             if not self._admit_now(ex):
@@ -620,6 +643,8 @@ class Gateway:
         if ex.finished:
             return
         ex.finished = True
+        if ex.fast:
+            self.fast_in_flight -= 1
         now_s = self.clock()
         busy_share_s = self._detach(ex)
         usage = ex.tally.usage or {}
@@ -838,7 +863,9 @@ class _RetryElsewhere(Exception):
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    """A token count an engine reported, or 0 if it is none (or past what a database
+    integer column holds)."""
+    return value if isinstance(value, int) and 0 <= value < 2**63 else 0
 
 
 def _parse_body(raw: bytes, path: str) -> dict[str, Any]:

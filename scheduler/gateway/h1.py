@@ -245,6 +245,7 @@ class _Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closed = True
+        self.listener, self.each = None, False  # a closed connection calls nobody back
         if self.transport is not None:
             self.transport.close()
 
@@ -273,6 +274,7 @@ class _Connection(asyncio.Protocol):
         """Back to the pool if the exchange ended cleanly; closed otherwise."""
         self._unwatch()
         if self.complete and self.keep_alive and not self.closed and self.error is None:
+            self.resume()  # paused for a slow reader as the answer ended: read again
             self._reset()
             self.reused = True
             self.pool._release(self)

@@ -295,6 +295,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and scope["path"] in INFERENCE_PATHS
             and not scope["root_path"]
             and not cycle.waiting_for_100_continue
+            and not self.flow.write_paused  # a client not reading: the task waits on it
             and self._fast_gateway() is not None
         ):
             self._held = cycle  # type: ignore[assignment]  # made a OneWriteCycle right after
@@ -302,9 +303,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super()._start_asgi_task(cycle, app)
 
     def _fast_gateway(self) -> Gateway | None:
+        """The app's Gateway, if it serves inference requests from callbacks now."""
         if self._gateway is False:
             self._gateway = _gateway_of(self.app)
-        return self._gateway  # type: ignore[return-value]
+        gateway = self._gateway
+        return gateway if isinstance(gateway, Gateway) and gateway.fast_path_on else None
 
     def start(self, cycle: RequestResponseCycle) -> None:
         """Start a held request's ASGI task (the usual path, from where it is)."""
@@ -327,7 +330,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cycle is None:
             return
         self._held = None
-        if cycle is not self.cycle or cycle.response_complete or cycle.disconnected:
+        if (
+            cycle is not self.cycle
+            or cycle.response_complete
+            or cycle.disconnected
+            or self.flow.write_paused  # the client stopped reading: its task waits on it
+        ):
             self.start(cycle)
             return
         authorization: str | None = None

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.errors import InvalidInput, RateLimited
-from scheduler.gateway.core import _parse_body
+from scheduler.gateway.core import _int, _parse_body
 from scheduler.gateway.limits import Admission, BudgetLedger, TokenBucket
 from scheduler.gateway.load import ReplicaLoad, cost_yuan
 from scheduler.gateway.metering import UsageWriter, decode, encode
@@ -71,6 +71,12 @@ def test_usage_of_body_reads_only_top_level_usage() -> None:
     latin = b'{"choices": [{"text": "caf\xe9"}], "usage": {"prompt_tokens": 4}}'
     assert usage_of_body(latin) == {"prompt_tokens": 4}
     assert usage_of_body(b"not json") is None
+
+
+def test_token_counts_from_engines_are_plain_non_negative_64_bit_ints() -> None:
+    assert [_int(v) for v in (0, 7, 2**63 - 1, 2**63, 2**64, -1, 1.5, "3", None, True)] == [
+        0, 7, 2**63 - 1, 0, 0, 0, 0, 0, 0, 1,
+    ]  # fmt: skip
 
 
 def test_request_bodies_orjson_refuses_parse_as_before() -> None:

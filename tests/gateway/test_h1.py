@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.gateway.h1 import H1Upstream
+from scheduler.gateway.h1 import _PAUSE_BYTES, H1Upstream
 from scheduler.gateway.upstream import UpstreamError, UpstreamLimits
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -227,3 +227,34 @@ def test_post_now_on_a_connection_the_engine_closed_is_stale() -> None:
 
     status, error, stale, body = asyncio.run(run())
     assert (status, stale, body) == (0, True, None) and isinstance(error, UpstreamError)
+
+
+def test_a_connection_paused_for_a_slow_reader_is_pooled_reading_again() -> None:
+    """An answer past the pause threshold arrives whole while nobody reads it (reading
+    paused), and the reader leaves: the connection goes back to the pool and its next
+    request is answered, not left paused until the read timeout."""
+    big = b"x" * (_PAUSE_BYTES + 1024)  # past the threshold in the read that ends it
+
+    async def two_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _answer(reader, writer, big)
+        await _answer(reader, writer, b"{}")
+
+    async def run() -> tuple[bool, int, bytes]:
+        client = _client()
+        server, url = await _serve(two_answers)
+        try:
+            async with asyncio.timeout(10):
+                first = await client.post(url, b"{}")
+                connection = first._c  # type: ignore[attr-defined]
+                while not connection.complete:  # the whole answer in, unread
+                    await asyncio.sleep(0.01)
+                paused = connection.paused
+                await first.close()  # the reader left without reading
+                second = await client.post(url, b"{}")
+                return paused, len(client._open), await second.read()
+        finally:
+            await client.aclose()
+            server.close()
+
+    paused, opened, body = asyncio.run(run())
+    assert paused and opened == 1 and body == b"{}"

@@ -4,20 +4,31 @@ one write per inference response, uvicorn's framing and keep-alive rules otherwi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy import select
 from uvicorn.protocols.http.flow_control import FlowControl
 
+from scheduler.gateway.app import create_app
 from scheduler.gateway.asgi import RESUME
 from scheduler.gateway.h1server import GatewayHttpProtocol, OneWriteCycle
+from scheduler.gateway.replicas import ReplicaTable
 from scheduler.gateway.serve import SERVER_OPTIONS
+from scheduler.settings import Settings
+from scheduler.store.tenancy import UsageRow, session_factory
+from scheduler.tenancy import TenancyService
+from tests.fakes.openai_upstream import FakeUpstream
 from tests.fakes.servers import serve_in_thread
-from tests.gateway.conftest import MODEL, Harness
+from tests.gateway.conftest import ADMIN_TOKEN, ENGINE_MODEL, MODEL, Harness, replica
 from tests.gateway.test_routing import usage_rows
 
 
@@ -270,3 +281,86 @@ def test_keep_alive_closes_idle_connections_not_busy_ones() -> None:
             idle_from = time.monotonic()
             assert sock.recv(1) == b""  # closed by the server
             assert 0.6 <= time.monotonic() - idle_from < 2.5
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_from_either(
+    harness: Harness,
+) -> None:
+    """Back-pressure: once a client's unread answers fill the buffers, the gateway stops
+    taking its requests (as uvicorn does for pipelined requests) instead of answering on
+    into an ever larger write buffer: the number answered stops growing."""
+    key = harness.tenant("acme")
+    host, port = harness.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "nope", "prompt": "x"}).encode()  # a 404: no engine work
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers back up soon
+    sock.connect((host, int(port)))
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(request * 60_000)  # 12 MB; blocks once nothing is read
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    try:
+        answered = [0]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            len(answered) > 3 and answered[-1] == answered[-2] == answered[-3]
+        ):
+            time.sleep(1.0)
+            answered.append(len(usage_rows(harness)))
+        assert answered[-1] == answered[-2] == answered[-3], answered  # it stopped
+        assert 0 < answered[-1] < 30_000, answered  # ~10,000 here; without: all 60,000
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)  # ends the blocked sendall
+        sock.close()
+        sender.join(timeout=10)
+
+
+def test_shutdown_waits_for_requests_whose_clients_left(tmp_path: Path) -> None:
+    """A fast-path request whose client hung up is neither a task nor an open connection,
+    which is all uvicorn waits for when it stops: the gateway's shutdown waits for it, so
+    its usage is still recorded when the engine answers."""
+    sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
+    tenancy = TenancyService(sessions)
+    tenancy.create_tenant("acme")
+    key = tenancy.create_key("acme").secret
+    tenancy.authenticate(key)  # in the auth cache: the fast path
+    engine = FakeUpstream(served_model=ENGINE_MODEL)
+    body = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 2}).encode()
+    with serve_in_thread(engine, lifespan="off") as engine_url:
+        app = create_app(
+            Settings(data_dir=tmp_path),
+            tenancy,
+            ReplicaTable([replica("r0", engine_url)]),
+            admin_token=ADMIN_TOKEN,
+        )
+        with serve_in_thread(app, http=SERVER_OPTIONS["http"]) as url:
+            warm = httpx.post(  # leaves an engine connection to reuse
+                f"{url}/v1/completions", content=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert warm.status_code == 200
+            engine.behaviour.delay_s = 1.0
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    (
+                        f"POST /v1/completions HTTP/1.1\r\nhost: {host}\r\n"
+                        f"authorization: Bearer {key}\r\ncontent-type: application/json\r\n"
+                        f"content-length: {len(body)}\r\n\r\n"
+                    ).encode()
+                    + body
+                )
+                deadline = time.monotonic() + 5
+                while engine.completed < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert engine.completed == 2  # the engine has it; the client hangs up
+        # the gateway has stopped, before the engine answered
+    with sessions() as session:
+        rows = list(session.scalars(select(UsageRow).order_by(UsageRow.id)))
+    assert [(r.status, r.completion_tokens) for r in rows] == [(200, 2), (200, 2)]
