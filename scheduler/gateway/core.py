@@ -319,17 +319,11 @@ class Gateway:
             if replica is not None:
                 self._attach(ex, replica)
                 payload = self._payload(ex, body, raw, replica)
-                if ex.stream:
-                    relay = _StreamRelay(self, ex, path, body, raw, replica, reply)
-                    if post_now(replica.base_url + path, payload, relay.heard, each=True):
-                        return True
-                else:
-
-                    def answered(connection: Any) -> None:
-                        self._answered(ex, path, body, raw, replica, reply, connection)
-
-                    if post_now(replica.base_url + path, payload, answered) is not None:
-                        return True
+                kind = _StreamRelay if ex.stream else _FastAttempt
+                attempt = kind(self, ex, path, body, raw, replica, reply)
+                url = replica.base_url + path
+                if post_now(url, payload, attempt.heard, each=ex.stream) is not None:
+                    return True
                 self._detach(ex)
             reply.resume(lambda: self._guarded(ex, self._forward(ex, path, body, raw)))
         except CunliangError as exc:
@@ -340,55 +334,6 @@ class Gateway:
             self.finish(ex, 500)
             reply.respond(unexpected_error_response())
         return True
-
-    def _answered(
-        self,
-        ex: Exchange,
-        path: str,
-        body: dict[str, Any],
-        raw: bytes,
-        replica: ReplicaEndpoint,
-        reply: Reply,
-        connection: Any,
-    ) -> None:
-        """The fast path's engine answer (or failure) arrived: answer the client, or retry
-        on another replica (nothing reached the client yet) as ``_forward`` would."""
-        try:
-            status = connection.status
-            if connection.error is None and connection.complete and status < 500:
-                content = connection.take_body()
-                connection.finish()
-                if status >= 400:
-                    reply.respond(self._upstream_error(ex, status, content))
-                else:
-                    reply.respond(self._complete(ex, content))
-                return
-            failure = f"{replica.id}: {connection.error or f'HTTP {status}'}"
-            self._resume_elsewhere(ex, path, body, raw, replica, reply, connection, failure)
-        except Exception:
-            log.exception("inference request failed")
-            self.finish(ex, 500)
-            reply.respond(unexpected_error_response())
-
-    def _resume_elsewhere(
-        self,
-        ex: Exchange,
-        path: str,
-        body: dict[str, Any],
-        raw: bytes,
-        replica: ReplicaEndpoint,
-        reply: Reply,
-        connection: Any,
-        failure: str,
-    ) -> None:
-        """A fast attempt failed before anything reached the client: end it and let a task
-        try the next replica (the same one when the engine had closed the reused
-        connection), as ``_forward`` would."""
-        tried = set() if connection.stale else {replica.id}
-        connection.finish()
-        self._detach(ex)
-        ex.tally, ex.first_token_s = StreamTally(), None  # nothing of it was sent
-        reply.resume(lambda: self._guarded(ex, self._forward(ex, path, body, raw, tried, failure)))
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole request body; PayloadTooLarge past the limit (chunked bodies have no
@@ -696,18 +641,13 @@ class Gateway:
         )
 
 
-class _StreamRelay:
-    """A stream on the fast path: the engine connection's listener (``heard``, called as its
-    bytes arrive) relays events to the client from the callbacks, as ``_first_events`` and
-    ``_relay`` do in a task: nothing is sent before the first whole event (until then a
-    failure goes to another replica); usage recorded before the last bytes leave; a cut
-    ends in an error event; a client gone is noticed at the engine's next bytes (499); a
-    slow client holds the engine connection's reading back."""
+class _FastAttempt:
+    """One fast-path try of a request on one replica (``Gateway.serve_now``): the engine
+    connection's listener (``heard``) answers the client when the whole answer arrived, or
+    hands the request to a task that tries the next replica (nothing reached the client
+    yet), as ``_forward`` and ``_attempt`` would."""
 
-    __slots__ = (
-        "body", "committed", "connection", "ended", "ex", "gateway", "path", "raw", "replica",
-        "reply",
-    )  # fmt: skip
+    __slots__ = ("body", "ex", "gateway", "path", "raw", "replica", "reply")
 
     def __init__(
         self,
@@ -726,6 +666,52 @@ class _StreamRelay:
         self.raw = raw
         self.replica = replica
         self.reply = reply
+
+    def heard(self, connection: Any) -> None:
+        gateway, ex, reply = self.gateway, self.ex, self.reply
+        try:
+            status = connection.status
+            if connection.error is None and connection.complete and status < 500:
+                content = connection.take_body()
+                connection.finish()
+                if status >= 400:
+                    reply.respond(gateway._upstream_error(ex, status, content))
+                else:
+                    reply.respond(gateway._complete(ex, content))
+                return
+            failure = connection.error or f"HTTP {status}"
+            self._elsewhere(connection, f"{self.replica.id}: {failure}")
+        except Exception:
+            log.exception("inference request failed")
+            gateway.finish(ex, 500)
+            reply.respond(unexpected_error_response())
+
+    def _elsewhere(self, connection: Any, failure: str) -> None:
+        """End this try (nothing of it reached the client) and let a task try the next
+        replica: the same one again when the engine had closed the reused connection."""
+        gateway, ex = self.gateway, self.ex
+        tried = set() if connection.stale else {self.replica.id}
+        connection.finish()
+        gateway._detach(ex)
+        ex.tally, ex.first_token_s = StreamTally(), None
+        path, body, raw = self.path, self.body, self.raw
+        self.reply.resume(
+            lambda: gateway._guarded(ex, gateway._forward(ex, path, body, raw, tried, failure))
+        )
+
+
+class _StreamRelay(_FastAttempt):
+    """A stream on the fast path: ``heard`` is called as the engine's bytes arrive and
+    relays events to the client from the callbacks, as ``_first_events`` and ``_relay`` do
+    in a task: nothing is sent before the first whole event (until then a failure goes to
+    another replica); usage recorded before the last bytes leave; a cut ends in an error
+    event; a client gone is noticed at the engine's next bytes (499); a slow client holds
+    the engine connection's reading back."""
+
+    __slots__ = ("committed", "connection", "ended")
+
+    def __init__(self, *context: Any) -> None:  # _FastAttempt's
+        super().__init__(*context)
         self.committed = False  # the head and a first event went to the client
         self.ended = False
         self.connection: Any = None
@@ -810,9 +796,7 @@ class _StreamRelay:
     def _elsewhere(self, connection: Any, failure: str) -> None:
         self.ended = True
         self.connection = None
-        self.gateway._resume_elsewhere(
-            self.ex, self.path, self.body, self.raw, self.replica, self.reply, connection, failure
-        )
+        super()._elsewhere(connection, failure)
 
     def _close(self, connection: Any, status: int) -> None:
         """End the relay: ``status`` is recorded unless the exchange was finished already

@@ -389,15 +389,9 @@ class H1Upstream:
         self, connection: _Connection, target: bytes, host: bytes, body: bytes
     ) -> None:
         """post_now() with no idle connection: open one (as ``_connect`` does), then send."""
-        scheme, hostname, port = connection.origin
         try:
             async with asyncio.timeout(self.limits.connect_timeout_s):
-                await connection.loop.create_connection(
-                    lambda: connection,
-                    hostname,
-                    port,
-                    ssl=self._ssl_context() if scheme == "https" else None,
-                )
+                await self._open_transport(connection)
         except TimeoutError:
             self._forget(connection)
             connection._fail(UpstreamError("ConnectTimeoutError"))
@@ -458,16 +452,10 @@ class H1Upstream:
                         waiter = asyncio.get_running_loop().create_future()
                         self._slot_waiters.append(waiter)
                         await waiter
-                scheme, host, port = origin
                 connection = _Connection(self, origin)
                 self._open.add(connection)
                 try:
-                    await asyncio.get_running_loop().create_connection(
-                        lambda: connection,
-                        host,
-                        port,
-                        ssl=self._ssl_context() if scheme == "https" else None,
-                    )
+                    await self._open_transport(connection)
                 except BaseException:
                     self._forget(connection)
                     raise
@@ -476,6 +464,12 @@ class H1Upstream:
         except OSError as exc:
             raise UpstreamError(f"ClientConnectorError: {exc.strerror or exc}") from exc
         return connection
+
+    async def _open_transport(self, connection: _Connection) -> None:
+        scheme, host, port = connection.origin
+        await connection.loop.create_connection(
+            lambda: connection, host, port, ssl=self._ssl_context() if scheme == "https" else None
+        )
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
