@@ -292,9 +292,10 @@ class Gateway:
         each where it needs no waiting. False, with nothing done, when the request needs
         waiting before the gateway commits to it (a key not in the auth cache) or is
         malformed: ``handle`` serves it as usual. True once taken: ``reply`` then gets the
-        response (``respond``), now or from the engine connection's callbacks when the
-        answer arrived, or the rest of the request to run as a task (``resume``: streams, a
-        budget ledger to load, no idle engine connection, a retry on another replica)."""
+        response (``respond``) or the stream (``_StreamRelay``), now or from the engine
+        connection's callbacks as the answer arrives, or the rest of the request to run as
+        a task (``resume``: a budget ledger to load, no engine connection slot free, a
+        retry on another replica)."""
         post_now = self._post_now
         if post_now is None or len(raw) > self.config.max_request_body_bytes:
             return False
@@ -534,15 +535,13 @@ class Gateway:
         """Read until at least one whole event arrived (the commit point for retries)."""
         async for chunk in chunks:
             out = inspect_block(chunk, ex.tally, forward_usage=ex.want_usage, rename=ex.rename)
-            error = ex.tally.error
-            # an engine failure before any content (e.g. its engine core died): nothing
-            # reached the client, so another replica may serve it
-            if error is not None and ex.tally.content_events == 0 and _server_side(error):
-                raise _RetryElsewhere(f"engine error event: {_error_message(error)}")
+            failed = _failed_before_content(ex.tally)
+            if failed is not None:
+                raise _RetryElsewhere(failed)
             if out:
                 self._note_first_token(ex)
                 return out
-        raise _RetryElsewhere("stream ended before the first event")
+        raise _RetryElsewhere(_NO_FIRST_EVENT)
 
     def _note_first_token(self, ex: Exchange) -> None:
         if ex.first_token_s is None and ex.tally.content_events > 0:
@@ -571,10 +570,10 @@ class Gateway:
                     yield out
             if not tally.done:
                 self.finish(ex, 502)
-                yield error_event("The engine closed the stream before it finished.")
+                yield error_event(_STREAM_UNFINISHED)
         except UpstreamError as exc:
             self.finish(ex, 502)
-            yield error_event(f"The engine connection failed mid-stream ({exc}).")
+            yield _cut_event(exc)
         finally:
             self.finish(ex, 499)  # no-op unless the client went away first
             with contextlib.suppress(BaseException):
@@ -757,15 +756,13 @@ class _StreamRelay(_FastAttempt):
             connection.take_body(), tally, forward_usage=ex.want_usage, rename=ex.rename
         )
         if not self.committed:
-            error = tally.error
-            if error is not None and tally.content_events == 0 and _server_side(error):
-                message = f"engine error event: {_error_message(error)}"
-                self._elsewhere(connection, f"{self.replica.id}: {message}")
+            failed = _failed_before_content(tally)
+            if failed is None and not out and connection.complete:
+                failed = _NO_FIRST_EVENT
+            if failed is not None:
+                self._elsewhere(connection, f"{self.replica.id}: {failed}")
                 return
             if not out:
-                if connection.complete:
-                    message = "stream ended before the first event"
-                    self._elsewhere(connection, f"{self.replica.id}: {message}")
                 return
         gateway._note_first_token(ex)
         if tally.done:  # an engine error event mid-stream still ends with [DONE]
@@ -778,13 +775,12 @@ class _StreamRelay(_FastAttempt):
             reply.send(out)
         if connection.error is not None:
             gateway.finish(ex, 502)
-            message = f"The engine connection failed mid-stream ({connection.error})."
-            reply.send(error_event(message))
+            reply.send(_cut_event(connection.error))
             self._close(connection, 499)
         elif connection.complete:
             if not tally.done:
                 gateway.finish(ex, 502)
-                reply.send(error_event("The engine closed the stream before it finished."))
+                reply.send(error_event(_STREAM_UNFINISHED))
             self._close(connection, 499)
         elif reply.write_paused:
             connection.pause()
@@ -824,6 +820,24 @@ class JsonAnswer(Response):
             (b"content-type", b"application/json"),
             (b"x-request-id", request_id.encode()),
         ]
+
+
+_NO_FIRST_EVENT = "stream ended before the first event"
+_STREAM_UNFINISHED = "The engine closed the stream before it finished."
+
+
+def _failed_before_content(tally: StreamTally) -> str | None:
+    """Why a stream that sent no content yet failed on the engine's side (an error event,
+    e.g. its engine core died), or None: nothing reached the client, so another replica
+    may serve it."""
+    error = tally.error
+    if error is not None and tally.content_events == 0 and _server_side(error):
+        return f"engine error event: {_error_message(error)}"
+    return None
+
+
+def _cut_event(exc: BaseException) -> bytes:
+    return error_event(f"The engine connection failed mid-stream ({exc}).")
 
 
 def _server_side(event: dict[str, Any]) -> bool:

@@ -53,6 +53,14 @@ def _split(url: str) -> tuple[Origin, bytes, bytes]:
     return (parts.scheme, parts.hostname, port), target.encode(), parts.netloc.encode()
 
 
+def _connect_failure(exc: TimeoutError | OSError) -> UpstreamError:
+    """The UpstreamError of a connect that timed out (TimeoutError is an OSError too) or
+    failed."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamError("ConnectTimeoutError")
+    return UpstreamError(f"ClientConnectorError: {exc.strerror or exc}")
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
@@ -261,13 +269,8 @@ class _Connection(asyncio.Protocol):
             self.wakeup = self.loop.create_future()
             await self.wakeup
             self.wakeup = None
-        body = self.body
-        piece = body.popleft() if len(body) == 1 else b"".join(body)
-        body.clear()
-        self.buffered = 0
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+        piece = self.take_body()
+        self.resume()
         return piece
 
     def finish(self) -> None:
@@ -339,8 +342,7 @@ class H1Upstream:
             if connection.paused:  # the client is the slow side: wait on it, not the engine
                 connection.last_data_s = now_s
             elif now_s - connection.last_data_s >= timeout_s:
-                self._busy.discard(connection)
-                connection._timed_out()
+                connection._timed_out()  # and unwatched
         if self._busy:
             self._sweeper = loop.call_later(self._sweep_period_s(), self._sweep)
 
@@ -392,13 +394,9 @@ class H1Upstream:
         try:
             async with asyncio.timeout(self.limits.connect_timeout_s):
                 await self._open_transport(connection)
-        except TimeoutError:
+        except (TimeoutError, OSError) as exc:
             self._forget(connection)
-            connection._fail(UpstreamError("ConnectTimeoutError"))
-            return
-        except OSError as exc:
-            self._forget(connection)
-            connection._fail(UpstreamError(f"ClientConnectorError: {exc.strerror or exc}"))
+            connection._fail(_connect_failure(exc))
             return
         except BaseException:  # cancelled (the client closing): the listener still hears
             self._forget(connection)
@@ -459,10 +457,8 @@ class H1Upstream:
                 except BaseException:
                     self._forget(connection)
                     raise
-        except TimeoutError as exc:
-            raise UpstreamError("ConnectTimeoutError") from exc
-        except OSError as exc:
-            raise UpstreamError(f"ClientConnectorError: {exc.strerror or exc}") from exc
+        except (TimeoutError, OSError) as exc:
+            raise _connect_failure(exc) from exc
         return connection
 
     async def _open_transport(self, connection: _Connection) -> None:

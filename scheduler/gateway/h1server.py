@@ -17,10 +17,11 @@ ASGI message dicts per request, most of the gateway's CPU after its own logic. F
 inference POST this protocol holds the request's task back until the whole body arrived,
 then hands it to ``Gateway.serve_now``, which serves it from callbacks (the engine's answer
 arrives in its connection's ``data_received`` and is written to the client from there)
-when it can. Anything that must wait (a key not in the auth cache, a stream, no idle engine
-connection, a retry) runs as uvicorn's task after all: at once when ``serve_now`` declines,
-or from where it stopped (``asgi.RESUME``). A body past uvicorn's buffer limit, a client
-gone before its body ended, pipelined requests and 100-continue take the usual path.
+when it can, streams included. Anything that must wait (a key not in the auth cache, a
+budget ledger to load, no engine connection slot free, a retry) runs as uvicorn's task
+after all: at once when ``serve_now`` declines, or from where it stopped (``asgi.RESUME``).
+A body past uvicorn's buffer limit, a client gone before its body ended, a client not
+reading its answers, pipelined requests and 100-continue take the usual path.
 
 Selected by ``gateway.serve.SERVER_OPTIONS`` (``http=...``) as an import string, so uvicorn
 stays an import of the serving entry points only. Built on uvicorn's ``HttpToolsProtocol``
@@ -270,7 +271,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # a pipelined request parsed from the same bytes as the end of the previous one,
         # answered from this parser's callbacks, finds the connection marked idle
-        self._idle_since_s = None
+        self._unset_keepalive_if_required()
         self._holding = True
         try:
             super().on_headers_complete()
