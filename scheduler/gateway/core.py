@@ -815,11 +815,34 @@ class JsonAnswer(Response):
         self.status_code = 200
         self.background = None
         self.body = body
-        self.raw_headers = [
-            (b"content-length", b"%d" % len(body)),
-            (b"content-type", b"application/json"),
-            (b"x-request-id", request_id.encode()),
-        ]
+        self._request_id = request_id
+        self._raw_headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """Made when first asked for (the fast path writes ``head_lines`` instead)."""
+        if self._raw_headers is None:
+            self._raw_headers = [
+                (b"content-length", b"%d" % len(self.body)),
+                (b"content-type", b"application/json"),
+                (b"x-request-id", self._request_id.encode()),
+            ]
+        return self._raw_headers
+
+    @raw_headers.setter
+    def raw_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._raw_headers = value
+
+    @property
+    def head_lines(self) -> bytes | None:
+        """The three headers as HTTP/1.1 header lines, or None once ``raw_headers`` was
+        made (it may have been changed since: encode that instead)."""
+        if self._raw_headers is not None:
+            return None
+        return b"content-length: %d\r\ncontent-type: application/json\r\nx-request-id: %b\r\n" % (
+            len(self.body),
+            self._request_id.encode(),
+        )
 
 
 _NO_FIRST_EVENT = "stream ended before the first event"

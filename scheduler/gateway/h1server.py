@@ -83,6 +83,42 @@ class OneWriteCycle(RequestResponseCycle):
         self._start(status, headers, trusted)
         self._write(body, False)
 
+    def write_answer(self, answer: JsonAnswer) -> None:
+        """``write_whole`` for the gateway's own 200 JSON answer: its head (the default
+        headers' cached block and the answer's three) put together directly."""
+        body = bytes(answer.body)  # bytes already: returned as it is
+        block = self._defaults_block()
+        lines = answer.head_lines
+        if block is None or lines is None or self.chunked_encoding is not None:
+            self.write_whole(200, answer.raw_headers, body, trusted=True)
+            return
+        if self.disconnected or self.response_started:
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding = False
+        self.expected_content_length = len(body)
+        self.head = b"%b%b%b%b\r\n" % (
+            _STATUS_200,
+            block,
+            lines,
+            b"" if self.keep_alive else b"connection: close\r\n",
+        )
+        self._write(body, False)
+
+    def _defaults_block(self) -> bytes | None:
+        """uvicorn's default headers (date, server) encoded, from a cache renewed when
+        uvicorn renews their list (each date tick); None if one frames or closes."""
+        defaults = self.default_headers
+        encoded = _DEFAULTS.get(id(defaults))
+        if encoded is not None and encoded[0] is defaults:
+            return encoded[1]
+        block = _plain_defaults(defaults)
+        if block is not None:
+            _DEFAULTS.clear()  # the last list only
+            _DEFAULTS[id(defaults)] = (defaults, block)
+        return block
+
     def _start(self, status: int, headers: Any, trusted: bool = False) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
@@ -125,20 +161,12 @@ class OneWriteCycle(RequestResponseCycle):
                 if HEADER_VALUE_RE.search(value):
                     raise RuntimeError("Invalid HTTP header value.")
         content = [STATUS_LINE[status]]
-        defaults = self.default_headers
-        encoded = _DEFAULTS.get(id(defaults))
-        if encoded is not None and encoded[0] is defaults:
-            content.append(encoded[1])
+        block = self._defaults_block()
+        if block is not None:
+            content.append(block)
             all_headers = headers
-        else:
-            block = _plain_defaults(defaults)
-            if block is not None:
-                _DEFAULTS.clear()  # the last list only
-                _DEFAULTS[id(defaults)] = (defaults, block)
-                content.append(block)
-                all_headers = headers
-            else:  # a default header that frames or closes: the whole loop, as uvicorn
-                all_headers = (*defaults, *headers)
+        else:  # a default header that frames or closes: the whole loop, as uvicorn
+            all_headers = (*self.default_headers, *headers)
         has_connection_close = False
         for name, value in all_headers:
             name = name.lower()
@@ -166,6 +194,7 @@ class OneWriteCycle(RequestResponseCycle):
 # {id(uvicorn's default header list): (that list, its encoded lines)}: the current one only
 _DEFAULTS: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
 _FRAMING = (b"content-length", b"transfer-encoding", b"connection")
+_STATUS_200 = STATUS_LINE[200]
 
 
 def _plain_defaults(defaults: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -192,12 +221,12 @@ class _Reply:
 
     def respond(self, response: Response) -> None:
         try:
-            self.cycle.write_whole(
-                response.status_code,
-                response.raw_headers,
-                bytes(response.body),
-                trusted=type(response) is JsonAnswer,  # its three headers are the gateway's
-            )
+            if type(response) is JsonAnswer:
+                self.cycle.write_answer(response)
+            else:
+                self.cycle.write_whole(
+                    response.status_code, response.raw_headers, bytes(response.body)
+                )
         except Exception:  # e.g. a header uvicorn refuses: what run_asgi does with it
             log.exception("writing a response failed")
             self.cycle.transport.close()

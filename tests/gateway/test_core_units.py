@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import itertools
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -175,11 +177,7 @@ def test_wal_replay_after_crash_inserts_once(tmp_path: Path) -> None:
         for i in range(5):
             writer.submit(_record(i))
         tenancy.record_usage([_record(0), _record(1)])  # as if a flush landed before the crash
-        # no stop(): the process "dies" here; release the flock like the kernel would
-        assert writer._lock_fd is not None
-        import os
-
-        os.close(writer._lock_fd)
+        _crash(writer)
 
     asyncio.run(crash_after_submit())
     again = UsageWriter(tenancy, tmp_path / "wal")
@@ -187,6 +185,55 @@ def test_wal_replay_after_crash_inserts_once(tmp_path: Path) -> None:
     summary = tenancy.usage_summary("t", datetime(2025, 1, 1, tzinfo=UTC))
     assert summary.by_model[0].requests == 5
     assert summary.by_model[0].completion_tokens == sum(range(5))
+
+
+def _crash(writer: UsageWriter) -> None:
+    """The process "dies" without stop(): the kernel releases its flock."""
+    assert writer._lock_fd is not None
+    os.close(writer._lock_fd)
+
+
+def test_wal_segments_are_reserved_mapped_and_cut_when_the_next_opens(tmp_path: Path) -> None:
+    sink = FlakySink(failures=0)
+    line = len(encode(_record(0)))
+    writer = UsageWriter(sink, tmp_path / "wal", segment_bytes=2 * line + line // 2)
+    writer.open()
+    for i in range(5):  # two records fill a segment: three segments
+        writer.submit(_record(i))
+    segments = sorted((tmp_path / "wal").glob("usage-*.wal"))
+    assert [p.stat().st_size for p in segments] == [2 * line, 2 * line, 2 * line + line // 2]
+    assert segments[-1].read_bytes() == encode(_record(4)) + b"\0" * (line + line // 2)
+    _crash(writer)
+    again = UsageWriter(sink, tmp_path / "wal")
+    assert again.open() == 5  # the reserved NUL tail is not a record
+    assert sorted(sink.stored) == [f"req-{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("failure", [errno.EOPNOTSUPP, errno.ENOSPC])
+def test_wal_appends_with_write_where_space_cannot_be_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: int
+) -> None:
+    def refuse(fd: int, offset: int, size: int) -> None:
+        raise OSError(failure, os.strerror(failure))
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    sink = FlakySink(failures=0)
+    writer = UsageWriter(sink, tmp_path / "wal")
+    writer.open()
+    writer.submit(_record(1))
+    (segment,) = (tmp_path / "wal").glob("usage-*.wal")
+    assert segment.read_bytes() == encode(_record(1))  # appended, nothing reserved
+    assert "cannot reserve" in caplog.text
+    monkeypatch.undo()
+    asyncio.run(writer.flush())  # the next segment: a full disk may have cleared, else not
+    writer.submit(_record(2))
+    newest = max((tmp_path / "wal").glob("usage-*.wal"))
+    assert newest.stat().st_size == (
+        len(encode(_record(2))) if failure != errno.ENOSPC else 1 << 20
+    )
+    _crash(writer)
+    assert UsageWriter(sink, tmp_path / "wal").open() == 1
+    assert sorted(sink.stored) == ["req-1", "req-2"]
 
 
 class FlakySink:

@@ -20,6 +20,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 
 from scheduler.gateway.app import create_app
 from scheduler.gateway.asgi import RESUME
+from scheduler.gateway.core import JsonAnswer
 from scheduler.gateway.h1server import GatewayHttpProtocol, OneWriteCycle
 from scheduler.gateway.replicas import ReplicaTable
 from scheduler.gateway.serve import SERVER_OPTIONS
@@ -92,6 +93,37 @@ def test_plain_response_leaves_in_one_write() -> None:
         assert cycle.response_complete and completed == [1] and not transport.closed
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_the_gateways_answers_head_is_what_the_general_encoding_writes(keep_alive: bool) -> None:
+    body = b'{"id":"cmpl-1"}'
+    writes = {}
+    for way in ("answer", "general"):
+        transport = _Transport()
+        cycle, completed = _cycle(transport, keep_alive=keep_alive)
+        answer = JsonAnswer(body, "req-7")
+        if way == "answer":
+            cycle.write_answer(answer)
+        else:
+            cycle.write_whole(200, answer.raw_headers, body)
+        assert completed == [1] and cycle.response_complete and transport.closed != keep_alive
+        writes[way] = transport.writes
+    assert writes["answer"] == writes["general"]
+    assert writes["answer"] == [
+        b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\ncontent-length: 15\r\n"
+        b"content-type: application/json\r\nx-request-id: req-7\r\n"
+        + (b"" if keep_alive else b"connection: close\r\n")
+        + b"\r\n"
+        + body
+    ]
+    # headers asked for (and perhaps changed) since: the answer is encoded from them
+    transport = _Transport()
+    cycle, _ = _cycle(transport)
+    answer = JsonAnswer(body, "req-8")
+    answer.headers["x-extra"] = "1"
+    cycle.write_answer(answer)
+    assert b"x-request-id: req-8\r\nx-extra: 1\r\n\r\n" in transport.writes[0]
 
 
 def test_stream_head_leaves_with_the_first_chunk_then_chunked() -> None:
