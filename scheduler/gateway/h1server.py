@@ -13,28 +13,34 @@ pipelining, flow control, 100-continue, shutdown) is uvicorn's own code.
 The fast path: uvicorn starts an ASGI task for each request as soon as its headers arrived,
 and the app's coroutines then wait on the body, on the engine (futures woken by the engine
 connection's callbacks) and on the sends: a task, a dozen coroutine frames, futures and
-ASGI message dicts per request, most of the gateway's CPU after its own logic. For an
-inference POST this protocol holds the request's task back until the whole body arrived,
-then hands it to ``Gateway.serve_now``, which serves it from callbacks (the engine's answer
-arrives in its connection's ``data_received`` and is written to the client from there)
-when it can, streams included. Anything that must wait (a key not in the auth cache, a
-budget ledger to load, no engine connection slot free, a retry) runs as uvicorn's task
-after all: at once when ``serve_now`` declines, or from where it stopped (``asgi.RESUME``).
-A body past uvicorn's buffer limit, a client gone before its body ended, a client not
-reading its answers, pipelined requests and 100-continue take the usual path.
+ASGI message dicts per request, most of the gateway's CPU after its own logic. Its parsing
+callbacks also build each request's ASGI scope and a cycle with an event for that task.
+An inference POST that arrives plainly (``POST /v1/completions`` or
+``/v1/chat/completions`` exactly, no 100-continue, not queued behind another request on
+the connection) skips all of that: it gets a ``_LeanCycle`` (no scope, no event, no task),
+and once its whole body arrived ``Gateway.serve_now`` serves it from callbacks (the
+engine's answer arrives in its connection's ``data_received`` and is written to the client
+from there), streams included. Anything that must wait (a key not in the auth cache, a
+budget ledger to load, no engine connection slot free, a retry) gets uvicorn's task after
+all, with the scope uvicorn would have made: at once when ``serve_now`` declines, or from
+where it stopped (``asgi.RESUME``). A body past uvicorn's buffer limit, a client gone
+before its body ended or not reading its answers, pipelined requests, query strings and
+100-continue take the usual path.
 
 Selected by ``gateway.serve.SERVER_OPTIONS`` (``http=...``) as an import string, so uvicorn
 stays an import of the serving entry points only. Built on uvicorn's ``HttpToolsProtocol``
-and ``RequestResponseCycle`` internals (``on_headers_complete``, ``_start_asgi_task``,
-``on_body``, ``on_message_complete``, ``cycle``, ``scope``, ``send``);
-tests/gateway/test_h1server.py runs the gateway through it.
+and ``RequestResponseCycle`` internals (``on_message_begin``, ``on_headers_complete``,
+``_start_asgi_task``, ``on_body``, ``on_message_complete``, ``cycle``, ``scope``, ``send``
+and the cycle's attributes); tests/gateway/test_h1server.py runs the gateway through it
+and checks the app gets the scope uvicorn's own protocol gives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from starlette.responses import Response
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -209,13 +215,67 @@ def _nothing() -> None:
     pass
 
 
+class _NoWaiter:
+    """A lean cycle's ``message_event`` until a task waits on it: nobody to wake."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_WAITER = _NoWaiter()
+# the request targets of the inference POSTs, as they arrive: an exact match has no query
+# string and no %-escapes, so its path is these bytes decoded
+_LEAN_TARGETS = {path.encode("ascii"): path for path in INFERENCE_PATHS}
+
+
+class _LeanCycle(OneWriteCycle):
+    """An inference POST on the fast path: a request/response cycle without the ASGI scope,
+    the event and the task that only uvicorn's task path uses, until the request needs them
+    (``GatewayHttpProtocol._to_task``). Its response is written as a ``OneWriteCycle``'s."""
+
+    def __init__(
+        self,
+        protocol: GatewayHttpProtocol,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+        keep_alive: bool,
+    ) -> None:
+        # RequestResponseCycle.__init__'s attributes, scope and event aside
+        self.scope = None  # type: ignore[assignment]
+        self.transport = protocol.transport
+        self.flow = protocol.flow
+        self.logger = protocol.logger
+        self.access_logger = protocol.access_logger
+        self.access_log = protocol.access_log
+        self.default_headers = protocol.server_state.default_headers
+        self.message_event = _NO_WAITER  # type: ignore[assignment]
+        self.on_response = protocol.on_response_complete
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = False
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding = None
+        self.expected_content_length = 0
+        # the request, for the scope if it goes to a task
+        self.lean = True
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+
+
 class _Reply:
-    """``core.Reply`` for one held request: writes its response on its cycle, or starts the
+    """``core.Reply`` for one lean request: writes its response on its cycle, or starts the
     cycle's ASGI task with the rest of the request (``asgi.RESUME``)."""
 
     __slots__ = ("cycle", "protocol")
 
-    def __init__(self, protocol: GatewayHttpProtocol, cycle: OneWriteCycle) -> None:
+    def __init__(self, protocol: GatewayHttpProtocol, cycle: _LeanCycle) -> None:
         self.protocol = protocol
         self.cycle = cycle
 
@@ -239,8 +299,7 @@ class _Reply:
         self.cycle.on_response = _nothing
 
     def resume(self, serve: Callable[[], Awaitable[Response]]) -> None:
-        cast(dict[str, Any], self.cycle.scope)[RESUME] = serve
-        self.protocol.start(self.cycle)
+        self.protocol._to_task(self.cycle, serve)
 
     # a stream relayed from callbacks (core._StreamRelay): uvicorn's chunked framing
 
@@ -289,23 +348,63 @@ def _gateway_of(app: Any) -> Gateway | None:
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; inference POSTs get a ``OneWriteCycle`` and, when the
-    app is the gateway, the fast path."""
+    app is the gateway, the fast path (a ``_LeanCycle``)."""
 
-    _held: OneWriteCycle | None = None  # a request whose task waits for its whole body
-    _holding = False  # inside on_headers_complete: a new request's task may be held
     _gateway: Gateway | bool | None = False  # False: not looked up yet
     # a fast-path stream's hook: its client can take more bytes, or went away
     drained: Callable[[], None] | None = None
+
+    def on_message_begin(self) -> None:
+        # uvicorn's, less the ASGI scope: made once the request is known to need one
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = None  # type: ignore[assignment]
+
+    def _new_scope(self, headers: list[tuple[bytes, bytes]]) -> Any:
+        """The scope uvicorn's ``on_message_begin`` makes (its ``on_headers_complete``
+        fills in the rest)."""
+        return {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": headers,
+            "state": self.app_state.copy(),
+        }
 
     def on_headers_complete(self) -> None:
         # a pipelined request parsed from the same bytes as the end of the previous one,
         # answered from this parser's callbacks, finds the connection marked idle
         self._unset_keepalive_if_required()
-        self._holding = True
-        try:
-            super().on_headers_complete()
-        finally:
-            self._holding = False
+        parser = self.parser
+        cycle = self.cycle
+        limit = self.limit_concurrency
+        if (
+            self.url in _LEAN_TARGETS
+            and parser.get_method() == b"POST"
+            and not self.expect_100_continue
+            and (cycle is None or cycle.response_complete)  # not queued behind one in flight
+            and not self.flow.write_paused  # a client not reading: a task waits on it
+            and not self.root_path
+            and not parser.should_upgrade()
+            and (limit is None or (len(self.connections) < limit and len(self.tasks) < limit))
+            and self._fast_gateway() is not None
+        ):
+            version = parser.get_http_version()
+            self.cycle = _LeanCycle(
+                self,
+                self.url,
+                self.headers,
+                version,
+                keep_alive=version != "1.0" and parser.should_keep_alive(),
+            )
+            return
+        self.scope = self._new_scope(self.headers)
+        super().on_headers_complete()
         cycle = self.cycle
         scope = self.scope
         if (
@@ -316,22 +415,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         ):
             cycle.__class__ = OneWriteCycle  # before its task first runs: same object, new send
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        scope = cycle.scope
-        if (
-            self._holding
-            and app is self.app  # not uvicorn's 503 for limit_concurrency
-            and scope["method"] == "POST"
-            and scope["path"] in INFERENCE_PATHS
-            and not scope["root_path"]
-            and not cycle.waiting_for_100_continue
-            and not self.flow.write_paused  # a client not reading: the task waits on it
-            and self._fast_gateway() is not None
-        ):
-            self._held = cycle  # type: ignore[assignment]  # made a OneWriteCycle right after
-            return
-        super()._start_asgi_task(cycle, app)
-
     def _fast_gateway(self) -> Gateway | None:
         """The app's Gateway, if it serves inference requests from callbacks now."""
         if self._gateway is False:
@@ -339,37 +422,48 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         gateway = self._gateway
         return gateway if isinstance(gateway, Gateway) and gateway.fast_path_on else None
 
-    def start(self, cycle: RequestResponseCycle) -> None:
-        """Start a held request's ASGI task (the usual path, from where it is)."""
+    def _to_task(
+        self, cycle: _LeanCycle, serve: Callable[[], Awaitable[Response]] | None = None
+    ) -> None:
+        """Give a lean request uvicorn's usual path from where it is: its scope (as uvicorn
+        would have made it), an event for its task's ``receive()`` and the task; with
+        ``serve``, the task goes on from there (``asgi.RESUME``)."""
+        cycle.lean = False
+        scope = self._new_scope(cycle.headers)
+        scope["method"] = "POST"
+        if cycle.http_version != "1.1":
+            scope["http_version"] = cycle.http_version
+        scope["path"] = _LEAN_TARGETS[cycle.target]
+        scope["raw_path"] = cycle.target
+        scope["query_string"] = b""
+        if serve is not None:
+            scope[RESUME] = serve
+        cycle.scope = scope
+        cycle.message_event = asyncio.Event()
+        cycle.message_event.set()  # what arrived so far is there to receive
         super()._start_asgi_task(cycle, self.app)
 
-    def _release(self) -> None:
-        cycle, self._held = self._held, None
-        if cycle is not None:
-            self.start(cycle)
-
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        held = self._held
-        if held is not None and len(held.body) > HIGH_WATER_LIMIT:
-            self._release()  # uvicorn paused reading: its task's receive() resumes it
+        cycle = self.cycle
+        if not isinstance(cycle, _LeanCycle) or not cycle.lean:
+            super().on_body(body)
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:  # a big body: uvicorn's task reads the rest
+            self.flow.pause_reading()  # as uvicorn does here (its task's receive resumes)
+            self._to_task(cycle)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
-        cycle = self._held
-        if cycle is None:
+        cycle = self.cycle
+        if not isinstance(cycle, _LeanCycle) or not cycle.lean:
+            super().on_message_complete()
             return
-        self._held = None
-        if (
-            cycle is not self.cycle
-            or cycle.response_complete
-            or cycle.disconnected
-            or self.flow.write_paused  # the client stopped reading: its task waits on it
-        ):
-            self.start(cycle)
+        cycle.more_body = False
+        if self.flow.write_paused:  # the client stopped reading: its task waits on it
+            self._to_task(cycle)
             return
         authorization: str | None = None
-        for name, value in cycle.scope["headers"]:
+        for name, value in cycle.headers:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
                 break
@@ -377,13 +471,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         assert isinstance(gateway, Gateway)
         try:
             taken = gateway.serve_now(
-                cycle.scope["path"], authorization, bytes(cycle.body), _Reply(self, cycle)
+                _LEAN_TARGETS[cycle.target], authorization, bytes(cycle.body), _Reply(self, cycle)
             )
         except Exception:  # before it took the request: nothing was done
             log.exception("the inference fast path failed; serving the request as usual")
             taken = False
         if not taken:
-            self.start(cycle)
+            self._to_task(cycle)
 
     # keep-alive: uvicorn arms a timer when a response completes and cancels it when bytes
     # arrive, two timer operations per request; here one timer per idle spell is armed and,
@@ -426,8 +520,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
-        self._release()  # its task sees the client gone, as it would have without the hold
+        cycle = self.cycle
+        # a lean request whose body had not all arrived: its task sees the client gone, as
+        # uvicorn's would have (and records it)
+        unserved = (
+            cycle if isinstance(cycle, _LeanCycle) and cycle.lean and cycle.more_body else None
+        )
         super().connection_lost(exc)
+        if unserved is not None:
+            self._to_task(unserved)
         if self.drained is not None:
             self.drained()  # a paused stream reads on, to notice the client gone
 

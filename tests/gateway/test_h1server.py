@@ -19,8 +19,8 @@ from sqlalchemy import select
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from scheduler.gateway.app import create_app
-from scheduler.gateway.asgi import RESUME
-from scheduler.gateway.core import JsonAnswer
+from scheduler.gateway.asgi import RESUME, GatewayApp
+from scheduler.gateway.core import Gateway, JsonAnswer
 from scheduler.gateway.h1server import GatewayHttpProtocol, OneWriteCycle
 from scheduler.gateway.replicas import ReplicaTable
 from scheduler.gateway.serve import SERVER_OPTIONS
@@ -166,6 +166,81 @@ def test_framing_errors_and_bad_headers_are_refused() -> None:
     asyncio.run(run())
 
 
+class _DecliningGateway(Gateway):
+    """A gateway whose fast path takes nothing: every lean request goes to a task."""
+
+    fast_path_on = True  # type: ignore[assignment]
+
+    def __init__(self) -> None:  # no state: serve_now only
+        pass
+
+    def serve_now(self, path: str, authorization: str | None, raw: bytes, reply: Any) -> bool:
+        return False
+
+
+class _ScopeApp(GatewayApp):
+    def __init__(self, gateway: Gateway | None) -> None:  # only what the protocol looks at
+        self.gateway = gateway  # type: ignore[assignment]
+        self.seen: list[tuple[dict[str, Any], bytes]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.seen.append((dict(scope), body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/completions HTTP/1.1\r\nhost: h\r\nauthorization: Bearer k\r\n"
+        b"content-length: 4\r\n\r\n{}{}",
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: h\r\nX-Trail: v \r\n"
+        b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        b"POST /v1/completions?a=%20b HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}",
+        b"GET /v1/models HTTP/1.1\r\nhost: h\r\n\r\n",
+    ],
+    ids=["lean", "lean-1.0-chunked", "query", "get"],
+)
+def test_requests_reach_the_app_with_the_scope_and_body_uvicorn_gives(
+    request_bytes: bytes,
+) -> None:
+    """Whether a request went the lean way first (and was handed to a task) or not, the app
+    sees what uvicorn's own protocol gives it."""
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    async def run(protocol_class: type[HttpToolsProtocol]) -> tuple[Any, set[str]]:
+        app = _ScopeApp(_DecliningGateway())
+        config = uvicorn.Config(app, access_log=False, lifespan="off")
+        config.load()
+        protocol = protocol_class(config=config, server_state=ServerState(), app_state={"k": 1})
+        transport = _Transport()
+        transport.get_extra_info = lambda name, default=None: {  # type: ignore[attr-defined]
+            "sockname": ("127.0.0.1", 8000),
+            "peername": ("127.0.0.1", 5555),
+        }.get(name, default)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request_bytes)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 204")
+        return app.seen, set(vars(protocol.cycle))
+
+    (ours, our_cycle), (theirs, their_cycle) = (
+        asyncio.run(run(GatewayHttpProtocol)),
+        asyncio.run(run(HttpToolsProtocol)),
+    )
+    assert len(ours) == 1 and ours == theirs
+    assert their_cycle <= our_cycle  # a lean cycle has every attribute uvicorn's code uses
+
+
 def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, dict[str, str], bytes]:
     """One Content-Length framed HTTP/1.1 response off ``sock`` (``buffer`` keeps the rest)."""
     while b"\r\n\r\n" not in buffer:
@@ -214,6 +289,61 @@ def test_pipelined_inference_requests_on_one_connection(harness: Harness) -> Non
     assert sorted(r["prompt"] for r in received) == ["one", "two"]
 
 
+def test_inference_requests_the_fast_path_does_not_take_are_served_as_tasks(
+    harness: Harness,
+) -> None:
+    """HTTP/1.0, a query string, 100-continue, a body past the buffer limit and a client gone
+    mid-body: answered (or recorded) as uvicorn's task path does, with the fast path on or
+    off alike."""
+    key = harness.tenant("acme")
+    host, port = harness.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": MODEL, "prompt": "p", "max_tokens": 2}).encode()
+
+    def head(target: str, length: int, version: str = "1.1", extra: str = "") -> bytes:
+        return (
+            f"POST {target} HTTP/{version}\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {length}\r\n{extra}\r\n"
+        ).encode()
+
+    def exchange(data: bytes) -> tuple[bytes, dict[str, str], bytes, bool]:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(data)
+            status, headers, answer = _read_response(sock, bytearray())
+            sock.settimeout(0.5)
+            try:
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                closed = False
+        return status, headers, answer, closed
+
+    status, headers, answer, closed = exchange(head("/v1/completions", len(body), "1.0") + body)
+    assert status == b"HTTP/1.1 200 OK" and json.loads(answer)["model"] == MODEL
+    assert closed and headers["connection"] == "close"  # HTTP/1.0: no keep-alive
+    status, _, answer, closed = exchange(head("/v1/completions?trace=1", len(body)) + body)
+    assert status == b"HTTP/1.1 200 OK" and json.loads(answer)["usage"]["completion_tokens"] == 2
+    assert not closed
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head("/v1/completions", len(body), extra="expect: 100-continue\r\n"))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        status, _, answer = _read_response(sock, bytearray())
+        assert status == b"HTTP/1.1 200 OK", answer
+    big = json.dumps({"model": MODEL, "prompt": "x" * 100_000}).encode()  # over 64 KiB
+    status, _, answer, _ = exchange(head("/v1/chat/completions", len(big)) + big)
+    assert status.startswith(b"HTTP/1.1 413") and json.loads(answer)["error"]["code"]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head("/v1/completions", len(body)) + body[:5])  # and hangs up
+    for _ in range(100):
+        rows = usage_rows(harness)
+        if len(rows) == 4:
+            break
+        time.sleep(0.05)
+    # metered: the three answers and the request cut short (a 413 is refused unread)
+    assert [(r.status, r.completion_tokens) for r in rows] == [
+        (200, 2), (200, 2), (200, 2), (499, 0),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("serving", ["fast"])
 def test_known_keys_are_served_without_a_task(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
@@ -222,13 +352,13 @@ def test_known_keys_are_served_without_a_task(
     (no ASGI task), streams included; a key not cached yet runs as a task; each request is
     metered once either way."""
     tasks: list[str] = []
-    start = GatewayHttpProtocol.start
+    to_task = GatewayHttpProtocol._to_task
 
-    def counted(self: GatewayHttpProtocol, cycle: Any) -> None:
+    def counted(self: GatewayHttpProtocol, cycle: Any, serve: Any = None) -> None:
+        to_task(self, cycle, serve)
         tasks.append("resumed" if RESUME in cycle.scope else "from the start")
-        start(self, cycle)
 
-    monkeypatch.setattr(GatewayHttpProtocol, "start", counted)
+    monkeypatch.setattr(GatewayHttpProtocol, "_to_task", counted)
     http = harness.http(harness.tenant("acme"))  # a key the cache holds
     body = {"model": MODEL, "prompt": "a b", "max_tokens": 3}
     for _ in range(3):
