@@ -7,8 +7,8 @@ mapped into memory (``mmap``, shared): appending a record is a copy into the pag
 which outlives the process like a ``write(2)`` does, without the system call (3-4 us per
 request); where the file system cannot reserve space (a store into a mapped hole on a full
 disk would kill the process with SIGBUS), segments are appended with ``write(2)``. A
-segment is cut to its records' length when the next one opens, so the reserved tail never
-lingers on disk. A background task moves records to the database in batches:
+segment outliving a failed flush is cut to its records' length, so reserved space does not
+pile up while the database is down. A background task moves records to the database in batches:
 it rotates to a new segment, inserts everything queued (records of older segments only),
 and then deletes the older segments, once a second by default (or as soon as ``batch_max``
 records wait). A flush is a thread holding the GIL for SQLAlchemy plus a database commit:
@@ -108,6 +108,7 @@ class UsageWriter:
         self._pending: list[UsageRecord] = []
         self._fd: int | None = None
         self._segment_bytes = segment_bytes
+        self._path: Path | None = None  # the current segment
         self._map: mmap.mmap | None = None  # the current segment, mapped (None: write(2))
         self._used = 0  # bytes of records in the current segment
         self._mapping = True  # until the file system refuses to reserve space
@@ -147,7 +148,10 @@ class UsageWriter:
         if self._task is not None:
             await self._task
         await self.flush()
+        reserved = self._reserved()
         self._close_segment()
+        if reserved is not None:
+            os.truncate(*reserved)  # to its records: none, after the flush
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -201,16 +205,29 @@ class UsageWriter:
         # records queued so far all live in segments <= current; new ones go to the next
         batch, self._pending = self._pending, []
         done_upto = self._seq
+        closing = self._reserved()
         self._open_segment()
         try:
-            await asyncio.to_thread(self._sink.record_usage, batch)
+            await asyncio.to_thread(self._store, batch, done_upto, closing)
         except Exception:  # the database is down or locked: keep the WAL, retry later
             self.failed_flushes += 1
             log.exception("usage flush of %d records failed; kept in the WAL", len(batch))
             self._pending = batch + self._pending
             await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
-            return
-        self._delete_segments(upto=done_upto)
+
+    def _store(self, batch: list[UsageRecord], upto: int, closing: tuple[Path, int] | None) -> None:
+        """The flush thread: insert, then delete the segments whose records are all stored
+        (file operations off the event loop: freeing a segment's blocks takes the file
+        system's locks). A segment that outlives a failed insert is cut to its records
+        (``closing``: the one just closed, with space reserved past them)."""
+        try:
+            self._sink.record_usage(batch)
+        except BaseException:
+            if closing is not None:
+                with contextlib.suppress(OSError):
+                    os.truncate(*closing)
+            raise
+        self._delete_segments(upto=upto)
 
     # ---- files -------------------------------------------------------------------------
 
@@ -218,9 +235,11 @@ class UsageWriter:
         return sorted(self._dir.glob(_SEGMENT_GLOB), key=_segment_seq)
 
     def _open_segment(self, min_bytes: int = 0) -> None:
+        """Close the current segment and open the next (rotation, or the current one full:
+        its tail, shorter than a record, stays reserved until the segment is deleted)."""
         self._close_segment()
         self._seq += 1
-        path = self._dir / f"usage-{self._seq:012d}.wal"
+        path = self._path = self._dir / f"usage-{self._seq:012d}.wal"
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         self._fd = fd
         self._used = 0
@@ -243,15 +262,20 @@ class UsageWriter:
         if self._fsync:
             os.fsync(fd)
 
+    def _reserved(self) -> tuple[Path, int] | None:
+        """(path, records' length) of the current segment if it has space reserved past
+        its records."""
+        if self._map is None or self._path is None:
+            return None
+        return self._path, self._used
+
     def _close_segment(self) -> None:
-        """Unmap and close the current segment, cut to its records (the reserved tail is
-        given back)."""
+        """Unmap and close the current segment (its pages stay in the page cache, written
+        back by the kernel)."""
         mapped, self._map = self._map, None
         fd, self._fd = self._fd, None
         if mapped is not None:
-            mapped.close()  # its pages stay in the page cache, written back by the kernel
-            if fd is not None:
-                os.ftruncate(fd, self._used)
+            mapped.close()
         if fd is not None:
             os.close(fd)
 

@@ -193,20 +193,35 @@ def _crash(writer: UsageWriter) -> None:
     os.close(writer._lock_fd)
 
 
-def test_wal_segments_are_reserved_mapped_and_cut_when_the_next_opens(tmp_path: Path) -> None:
-    sink = FlakySink(failures=0)
+def test_wal_segments_are_reserved_mapped_and_cut_if_they_outlive_a_flush(
+    tmp_path: Path,
+) -> None:
+    sink = FlakySink(failures=1)
     line = len(encode(_record(0)))
-    writer = UsageWriter(sink, tmp_path / "wal", segment_bytes=2 * line + line // 2)
+    size = 2 * line + line // 2
+    writer = UsageWriter(sink, tmp_path / "wal", segment_bytes=size)
     writer.open()
     for i in range(5):  # two records fill a segment: three segments
         writer.submit(_record(i))
     segments = sorted((tmp_path / "wal").glob("usage-*.wal"))
-    assert [p.stat().st_size for p in segments] == [2 * line, 2 * line, 2 * line + line // 2]
+    assert [p.stat().st_size for p in segments] == [size] * 3  # reserved up front
+    assert segments[0].read_bytes() == encode(_record(0)) + encode(_record(1)) + b"\0" * (line // 2)
     assert segments[-1].read_bytes() == encode(_record(4)) + b"\0" * (line + line // 2)
+    asyncio.run(writer.flush())  # the database is down: the segments stay
+    assert sink.stored == {} and writer.failed_flushes == 1
+    # the one the flush closed is cut to its record; the full ones keep their short tails
+    assert [p.stat().st_size for p in segments] == [size, size, line]
     _crash(writer)
     again = UsageWriter(sink, tmp_path / "wal")
-    assert again.open() == 5  # the reserved NUL tail is not a record
+    assert again.open() == 5  # the reserved NUL tails are not records
     assert sorted(sink.stored) == [f"req-{i}" for i in range(5)]
+    assert len(list((tmp_path / "wal").glob("usage-*.wal"))) == 1  # the rest: replayed, deleted
+    writer = UsageWriter(sink, tmp_path / "wal2", segment_bytes=size)
+    writer.open()
+    writer.submit(_record(7))
+    asyncio.run(writer.flush())  # stored: the segment is deleted, not cut
+    assert [p.stat().st_size for p in (tmp_path / "wal2").glob("usage-*.wal")] == [size]
+    assert "req-7" in sink.stored
 
 
 @pytest.mark.parametrize("failure", [errno.EOPNOTSUPP, errno.ENOSPC])
