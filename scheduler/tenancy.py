@@ -130,8 +130,13 @@ class UsageSummary:
         return sum(m.cost_yuan for m in self.by_model)
 
 
+_SHA256 = hashlib.sha256()  # copied per key: cheaper than looking the digest up each time
+
+
 def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    digest = _SHA256.copy()
+    digest.update(secret.encode())
+    return digest.hexdigest()
 
 
 def _aware(value: datetime) -> datetime:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from scheduler.errors import RateLimited
 from scheduler.gateway.peers import Alone, GatewayPeers
@@ -142,8 +143,7 @@ class _TenantState:
     ledger_loaded_s: float = 0.0
 
 
-@dataclass(frozen=True)
-class Permit:
+class Permit(NamedTuple):  # immutable; a tuple's construction (a frozen dataclass's costs 4x)
     tenant_id: int
 
 
@@ -171,10 +171,12 @@ class Admission:
         state = self._tenants.get(tenant.id)
         share = self._peers.share()
         if (
-            state is None
-            or (state.limits is not tenant.limits and state.limits != tenant.limits)
-            or state.share != share
+            state is not None
+            and state.limits is not tenant.limits
+            and state.limits == tenant.limits
         ):
+            state.limits = tenant.limits  # the same limits, newly loaded: compare by identity
+        if state is None or state.limits is not tenant.limits or state.share != share:
             now_s = self._clock()
             lim = tenant.limits
             rank, gateways = share
