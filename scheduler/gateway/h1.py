@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import cast
@@ -33,6 +34,7 @@ import httptools
 
 from scheduler.gateway.upstream import UpstreamError, UpstreamLimits, UpstreamResponse
 
+_FRAMING = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
 _PAUSE_BYTES = 256 * 1024  # unread response bytes above which reading from the engine pauses
 _JOIN_BYTES = 64 * 1024  # request bodies up to this are copied behind the head and sent whole
 Origin = tuple[str, str, int]  # (scheme, host, port)
@@ -87,7 +89,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
-        self.framed = False  # Content-Length or chunked: the end is known without EOF
+        self.head_bytes = b""  # what arrived before the response head was complete
         self.error: UpstreamError | None = None
         self.wakeup: asyncio.Future[None] | None = None
         self.paused = False
@@ -103,6 +105,8 @@ class _Connection(asyncio.Protocol):
             self._close()
             return
         self.last_data_s = self.loop.time()
+        if not self.status:  # the head is still arriving: kept for eof_received (no copy
+            self.head_bytes += data  # when it comes in one piece)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -115,7 +119,7 @@ class _Connection(asyncio.Protocol):
         # a body with neither length nor chunking ends with the connection; an end before
         # the response head is a failure (connection_lost reports it), e.g. an engine
         # killed while it worked on the request: never a complete, empty response
-        if self.sent and self.status and not self.framed and not self.complete:
+        if self.sent and self.status and not self.complete and not self._framed():
             self.on_message_complete()
             if self.listener is not None:
                 self._answer()
@@ -134,11 +138,13 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         pass
 
-    # ---- httptools callbacks ------------------------------------------------------------
+    def _framed(self) -> bool:
+        """Whether the response head had Content-Length or chunking (its end is known
+        without EOF). Looked up in the head's bytes when the connection ends, rather than
+        in a parser callback for every header of every response."""
+        return _FRAMING.search(self.head_bytes.partition(b"\r\n\r\n")[0]) is not None
 
-    def on_header(self, name: bytes, _value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
+    # ---- httptools callbacks ------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()

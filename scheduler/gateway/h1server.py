@@ -256,7 +256,7 @@ class _LeanCycle(OneWriteCycle):
         self.disconnected = False
         self.keep_alive = keep_alive
         self.waiting_for_100_continue = False
-        self.body = bytearray()
+        self.body = b""  # type: ignore[assignment]  # bytes: a body in one piece is not copied
         self.more_body = True
         self.response_started = False
         self.response_complete = False

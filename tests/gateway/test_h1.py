@@ -79,6 +79,33 @@ def test_connection_ending_inside_a_framed_body_is_an_error() -> None:
         asyncio.run(_post_to(cut))
 
 
+@pytest.mark.parametrize(
+    ("pieces", "complete"),
+    [
+        ((b"HTTP/1.1 200 OK\r\nconte", b"nt-type: text/plain\r\n\r\nall", b" of it"), True),
+        ((b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n", b"\r\nhalf"), False),
+        ((b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n",), False),
+    ],
+    ids=["unframed-head-in-pieces", "length-head-in-pieces", "chunked-cut"],
+)
+def test_the_end_of_the_connection_ends_only_an_unframed_body(
+    pieces: tuple[bytes, ...], complete: bool
+) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)  # separate reads on the gateway's side
+        writer.close()
+
+    if complete:
+        assert asyncio.run(_post_to(answer)) == (200, b"all of it")
+    else:
+        with pytest.raises(UpstreamError):
+            asyncio.run(_post_to(answer))
+
+
 def _client(read_timeout_s: float = 60.0) -> H1Upstream:
     return H1Upstream(
         UpstreamLimits(max_connections=8, connect_timeout_s=2.0, read_timeout_s=read_timeout_s)
