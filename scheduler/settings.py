@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # serve inference requests from the server protocol's callbacks when they need no
     # waiting (gateway/h1server.py); False: every request as an ASGI task, as before
     gateway_fast_path: bool = True
+    # the usage WAL's segments reserved and memory-mapped (gateway/metering.py); False:
+    # appended with write(2), for file systems whose fallocate reserves nothing (ZFS, NFS)
+    gateway_wal_mmap: bool = True
     engine_start_timeout_s: float = 600.0
 
     @field_validator("gateway_cpus")

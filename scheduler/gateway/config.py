@@ -22,6 +22,7 @@ class GatewayConfig:
     usage_flush_interval_s: float = 1.0
     usage_batch_max: int = 512
     usage_fsync: bool = False  # True also survives power loss, at ~1 fsync per request
+    usage_wal_mmap: bool = True  # segments reserved and mapped (metering.UsageWriter)
     max_upstream_connections: int = 1024
     no_replica_retry_after_s: float = 5.0
     fast_path: bool = True  # Gateway.serve_now (with the h1 client and gateway/h1server)
@@ -37,4 +38,5 @@ class GatewayConfig:
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
             fast_path=settings.gateway_fast_path,
+            usage_wal_mmap=settings.gateway_wal_mmap,
         )

@@ -172,6 +172,7 @@ class Gateway:
             batch_max=config.usage_batch_max,
             flush_interval_s=config.usage_flush_interval_s,
             fsync=config.usage_fsync,
+            mapped=config.usage_wal_mmap,
         )
         self._client: UpstreamClient | None = None
         self._post_now: Callable[..., Any] | None = None  # the client's post_now, if it has one

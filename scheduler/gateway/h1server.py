@@ -389,6 +389,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and not self.expect_100_continue
             and (cycle is None or cycle.response_complete)  # not queued behind one in flight
             and not self.flow.write_paused  # a client not reading: a task waits on it
+            and not self.transport.is_closing()  # e.g. shut down after the one before
             and not self.root_path
             and not parser.should_upgrade()
             and (limit is None or (len(self.connections) < limit and len(self.tasks) < limit))
@@ -459,14 +460,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         cycle.more_body = False
-        if self.flow.write_paused:  # the client stopped reading: its task waits on it
+        # the client stopped reading (its task waits on it), or the connection is closing
+        # (its task sees the client gone and records it, asking no engine)
+        if self.flow.write_paused or self.transport.is_closing():
             self._to_task(cycle)
             return
         authorization: str | None = None
         for name, value in cycle.headers:
-            if name == b"authorization":
+            if name == b"authorization":  # the last one, as asgi.serve_inference takes
                 authorization = value.decode("latin-1")
-                break
         gateway = self._gateway
         assert isinstance(gateway, Gateway)
         try:

@@ -19,7 +19,11 @@ At startup ``replay()`` inserts what the segments hold and deletes them. Inserts
 ids already stored (unique column), so a crash between insert and delete never duplicates a
 record, and a SIGKILL never loses one whose response completed (the page cache survives the
 process; ``fsync=True`` covers power loss). A segment's unused tail reads as NUL bytes,
-which replay ignores (a JSON line never holds one).
+which replay skips (a JSON line never holds one), as it skips a page of them that the
+kernel had not written back when the machine went down. ``mapped=False``
+(``CUNLIANG_GATEWAY_WAL_MMAP=false``) appends with ``write(2)`` everywhere: for file
+systems whose ``fallocate`` reserves nothing (ZFS, NFS), where a full disk would surface
+at write-back rather than in ``submit``.
 
 One gateway process per WAL directory (enforced with an flock).
 """
@@ -99,6 +103,7 @@ class UsageWriter:
         flush_interval_s: float = 1.0,
         fsync: bool = False,
         segment_bytes: int = SEGMENT_BYTES,
+        mapped: bool = True,
     ) -> None:
         self._sink = sink
         self._dir = wal_dir
@@ -111,7 +116,7 @@ class UsageWriter:
         self._path: Path | None = None  # the current segment
         self._map: mmap.mmap | None = None  # the current segment, mapped (None: write(2))
         self._used = 0  # bytes of records in the current segment
-        self._mapping = True  # until the file system refuses to reserve space
+        self._mapping = mapped  # False: write(2); also once the file system cannot reserve
         self._seq = 0
         self._lock_fd: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,7 +169,11 @@ class UsageWriter:
             raise RuntimeError("UsageWriter.submit before open()")
         line = encode(record)
         if self._map is not None and self._used + len(line) > len(self._map):
-            self._open_segment(len(line))  # full: records go on in the next segment
+            try:
+                self._open_segment(len(line))  # full: records go on in the next segment
+            except OSError:  # e.g. out of file descriptors: go on in this one, unmapped
+                log.exception("usage WAL: opening the next segment failed")
+                self._unmap()
         mapped = self._map
         if mapped is None:
             os.write(self._fd, line)
@@ -191,7 +200,10 @@ class UsageWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # kept queued (and in the WAL) for the next flush
+                log.exception("usage flush failed")
 
     async def flush(self) -> None:
         """Move queued records to the database now (serialised: segments are deleted only
@@ -203,10 +215,16 @@ class UsageWriter:
         if not self._pending:
             return
         # records queued so far all live in segments <= current; new ones go to the next
-        batch, self._pending = self._pending, []
         done_upto = self._seq
         closing = self._reserved()
-        self._open_segment()
+        try:
+            self._open_segment()
+        except OSError:  # e.g. out of file descriptors: records go on in the current one
+            self.failed_flushes += 1
+            log.exception("usage WAL: opening the next segment failed; flushing later")
+            await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
+            return
+        batch, self._pending = self._pending, []
         try:
             await asyncio.to_thread(self._store, batch, done_upto, closing)
         except Exception:  # the database is down or locked: keep the WAL, retry later
@@ -235,32 +253,41 @@ class UsageWriter:
         return sorted(self._dir.glob(_SEGMENT_GLOB), key=_segment_seq)
 
     def _open_segment(self, min_bytes: int = 0) -> None:
-        """Close the current segment and open the next (rotation, or the current one full:
-        its tail, shorter than a record, stays reserved until the segment is deleted)."""
-        self._close_segment()
-        self._seq += 1
-        path = self._path = self._dir / f"usage-{self._seq:012d}.wal"
+        """Open the next segment, then make it current and close the one before (rotation,
+        or the current one full: its tail, shorter than a record, stays reserved until the
+        segment is deleted). Raises OSError, with the current segment still in use, if the
+        next one cannot be opened."""
+        seq = self._seq + 1
+        path = self._dir / f"usage-{seq:012d}.wal"
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        self._fd = fd
-        self._used = 0
-        if self._mapping:
-            size = max(self._segment_bytes, min_bytes)
-            try:
-                os.posix_fallocate(fd, 0, size)
-                self._map = mmap.mmap(fd, size)
-            except OSError as exc:
-                os.ftruncate(fd, 0)
-                # a full disk may clear; a file system that cannot reserve space will not
-                self._mapping = exc.errno == errno.ENOSPC
-                log.warning(
-                    "usage WAL segment %s: cannot reserve and map %d bytes (%s); "
-                    "appending records with write(2)",
-                    path,
-                    size,
-                    exc,
-                )
-        if self._fsync:
-            os.fsync(fd)
+        mapped: mmap.mmap | None = None
+        try:
+            if self._mapping:
+                size = max(self._segment_bytes, min_bytes)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                    mapped = mmap.mmap(fd, size)
+                except OSError as exc:
+                    os.ftruncate(fd, 0)
+                    # a full disk may clear; a file system that cannot reserve space will not
+                    self._mapping = exc.errno == errno.ENOSPC
+                    log.warning(
+                        "usage WAL segment %s: cannot reserve and map %d bytes (%s); "
+                        "appending records with write(2)",
+                        path,
+                        size,
+                        exc,
+                    )
+            if self._fsync:
+                os.fsync(fd)
+        except BaseException:
+            if mapped is not None:
+                mapped.close()
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._close_segment()
+        self._seq, self._path, self._fd, self._map, self._used = seq, path, fd, mapped, 0
 
     def _reserved(self) -> tuple[Path, int] | None:
         """(path, records' length) of the current segment if it has space reserved past
@@ -268,6 +295,14 @@ class UsageWriter:
         if self._map is None or self._path is None:
             return None
         return self._path, self._used
+
+    def _unmap(self) -> None:
+        """Go on appending to the current segment with write(2), after its records."""
+        mapped, self._map = self._map, None
+        if mapped is not None and self._fd is not None:
+            mapped.close()
+            os.ftruncate(self._fd, self._used)
+            os.lseek(self._fd, self._used, os.SEEK_SET)
 
     def _close_segment(self) -> None:
         """Unmap and close the current segment (its pages stay in the page cache, written
@@ -289,9 +324,10 @@ class UsageWriter:
         self._seq = _segment_seq(segments[-1]) if segments else 0
         records: list[UsageRecord] = []
         for path in segments:
-            data = path.read_bytes()
-            end = data.find(b"\0")  # a mapped segment's unused tail
-            for line in (data if end < 0 else data[:end]).splitlines():
+            # a mapped segment's unused tail is NULs, and so is a page the kernel had not
+            # written back when the machine went down (later pages may have been)
+            for line in path.read_bytes().split(b"\n"):
+                line = line.strip(b"\0")
                 record = decode(line) if line.strip() else None
                 if record is not None:
                     records.append(record)

@@ -251,6 +251,59 @@ def test_wal_appends_with_write_where_space_cannot_be_reserved(
     assert sorted(sink.stored) == ["req-1", "req-2"]
 
 
+def test_a_segment_that_cannot_be_opened_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors when a segment should open (a flush's rotation, or a full
+    segment): records go on in the current segment, and the next flush stores them all."""
+    sink = FlakySink(failures=0)
+    line = len(encode(_record(0)))
+    writer = UsageWriter(sink, tmp_path / "wal", segment_bytes=2 * line)
+    writer.open()
+    real_open = os.open
+
+    def no_fds(path: Any, *args: Any) -> int:
+        if "usage-" in str(path):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *args)
+
+    writer.submit(_record(0))
+    monkeypatch.setattr(os, "open", no_fds)
+    asyncio.run(writer.flush())  # cannot rotate: nothing taken out of the queue
+    assert writer.pending == 1 and sink.stored == {}
+    for i in range(1, 4):  # the segment fills at 2: the rest appended to it with write(2)
+        writer.submit(_record(i))
+    (segment,) = (tmp_path / "wal").glob("usage-*.wal")
+    assert segment.read_bytes() == b"".join(encode(_record(i)) for i in range(4))
+    monkeypatch.undo()
+    asyncio.run(writer.flush())
+    assert sorted(sink.stored) == [f"req-{i}" for i in range(4)]
+    assert not segment.exists()  # stored, so deleted
+
+
+def test_replay_skips_a_page_lost_in_the_middle_of_a_segment(tmp_path: Path) -> None:
+    """A power loss can leave a mapped segment with NULs where a page was not written back,
+    and records after it that were: those are replayed."""
+    (tmp_path / "wal").mkdir()
+    lines = [encode(_record(i)) for i in range(3)]
+    hole = b"\0" * len(lines[1])
+    (tmp_path / "wal" / "usage-000000000001.wal").write_bytes(
+        lines[0] + hole + lines[2] + b"\0" * 100
+    )
+    sink = FlakySink(failures=0)
+    assert UsageWriter(sink, tmp_path / "wal").open() == 2
+    assert sorted(sink.stored) == ["req-0", "req-2"]
+
+
+def test_unmapped_wal_appends_with_write(tmp_path: Path) -> None:
+    writer = UsageWriter(FlakySink(failures=0), tmp_path / "wal", mapped=False)
+    writer.open()
+    writer.submit(_record(1))
+    writer.submit(_record(2))
+    (segment,) = (tmp_path / "wal").glob("usage-*.wal")
+    assert segment.read_bytes() == encode(_record(1)) + encode(_record(2))
+
+
 class FlakySink:
     """A usage sink whose database is down for the first ``failures`` flushes."""
 

@@ -292,9 +292,9 @@ def test_pipelined_inference_requests_on_one_connection(harness: Harness) -> Non
 def test_inference_requests_the_fast_path_does_not_take_are_served_as_tasks(
     harness: Harness,
 ) -> None:
-    """HTTP/1.0, a query string, 100-continue, a body past the buffer limit and a client gone
-    mid-body: answered (or recorded) as uvicorn's task path does, with the fast path on or
-    off alike."""
+    """HTTP/1.0, a query string, 100-continue, two keys, a body past the buffer limit and a
+    client gone mid-body: answered (or recorded) as uvicorn's task path does, with the fast
+    path on or off alike."""
     key = harness.tenant("acme")
     host, port = harness.url.removeprefix("http://").split(":")
     body = json.dumps({"model": MODEL, "prompt": "p", "max_tokens": 2}).encode()
@@ -328,6 +328,12 @@ def test_inference_requests_the_fast_path_does_not_take_are_served_as_tasks(
         sock.sendall(body)
         status, _, answer = _read_response(sock, bytearray())
         assert status == b"HTTP/1.1 200 OK", answer
+    # two keys: the last one counts, on the fast path as on the task path
+    second = b"authorization: Bearer sk-cl-not-a-key\r\n"
+    status, _, answer, _ = exchange(
+        head("/v1/completions", len(body))[:-2] + second + b"\r\n" + body
+    )
+    assert status == b"HTTP/1.1 401 Unauthorized", answer
     big = json.dumps({"model": MODEL, "prompt": "x" * 100_000}).encode()  # over 64 KiB
     status, _, answer, _ = exchange(head("/v1/chat/completions", len(big)) + big)
     assert status.startswith(b"HTTP/1.1 413") and json.loads(answer)["error"]["code"]
@@ -338,7 +344,8 @@ def test_inference_requests_the_fast_path_does_not_take_are_served_as_tasks(
         if len(rows) == 4:
             break
         time.sleep(0.05)
-    # metered: the three answers and the request cut short (a 413 is refused unread)
+    # metered: the three answers and the request cut short (a 401 and a 413 are refused
+    # before anything is served)
     assert [(r.status, r.completion_tokens) for r in rows] == [
         (200, 2), (200, 2), (200, 2), (499, 0),
     ]  # fmt: skip
