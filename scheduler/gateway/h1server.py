@@ -242,6 +242,7 @@ class _LeanCycle(OneWriteCycle):
         headers: list[tuple[bytes, bytes]],
         http_version: str,
         keep_alive: bool,
+        authorization: bytes | None,
     ) -> None:
         # RequestResponseCycle.__init__'s attributes, scope and event aside
         self.scope = None  # type: ignore[assignment]
@@ -267,6 +268,7 @@ class _LeanCycle(OneWriteCycle):
         self.target = target
         self.headers = headers
         self.http_version = http_version
+        self.authorization = authorization  # its value, found with the headers' length
 
 
 class _Reply:
@@ -395,15 +397,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and (limit is None or (len(self.connections) < limit and len(self.tasks) < limit))
             and self._fast_gateway() is not None
         ):
-            version = parser.get_http_version()
-            self.cycle = _LeanCycle(
-                self,
-                self.url,
-                self.headers,
-                version,
-                keep_alive=version != "1.0" and parser.should_keep_alive(),
-            )
-            return
+            authorization: bytes | None = None
+            for name, value in self.headers:
+                if name == b"authorization":  # the last one, as asgi.serve_inference takes
+                    authorization = value
+                elif name == b"content-length" and int(value) > HIGH_WATER_LIMIT:
+                    break  # a big body: uvicorn's task refuses it unread or reads it
+            else:
+                version = parser.get_http_version()
+                self.cycle = _LeanCycle(
+                    self,
+                    self.url,
+                    self.headers,
+                    version,
+                    keep_alive=version != "1.0" and parser.should_keep_alive(),
+                    authorization=authorization,
+                )
+                return
         self.scope = self._new_scope(self.headers)
         super().on_headers_complete()
         cycle = self.cycle
@@ -465,15 +475,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.flow.write_paused or self.transport.is_closing():
             self._to_task(cycle)
             return
-        authorization: str | None = None
-        for name, value in cycle.headers:
-            if name == b"authorization":  # the last one, as asgi.serve_inference takes
-                authorization = value.decode("latin-1")
+        authorization = cycle.authorization
         gateway = self._gateway
         assert isinstance(gateway, Gateway)
         try:
             taken = gateway.serve_now(
-                _LEAN_TARGETS[cycle.target], authorization, bytes(cycle.body), _Reply(self, cycle)
+                _LEAN_TARGETS[cycle.target],
+                None if authorization is None else authorization.decode("latin-1"),
+                bytes(cycle.body),
+                _Reply(self, cycle),
             )
         except Exception:  # before it took the request: nothing was done
             log.exception("the inference fast path failed; serving the request as usual")

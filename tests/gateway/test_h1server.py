@@ -338,13 +338,17 @@ def test_inference_requests_the_fast_path_does_not_take_are_served_as_tasks(
     status, _, answer, _ = exchange(head("/v1/chat/completions", len(big)) + big)
     assert status.startswith(b"HTTP/1.1 413") and json.loads(answer)["error"]["code"]
     with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head("/v1/chat/completions", len(big)))  # refused before its body
+        status, _, answer = _read_response(sock, bytearray())
+        assert status.startswith(b"HTTP/1.1 413") and json.loads(answer)["error"]["code"]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head("/v1/completions", len(body)) + body[:5])  # and hangs up
     for _ in range(100):
         rows = usage_rows(harness)
         if len(rows) == 4:
             break
         time.sleep(0.05)
-    # metered: the three answers and the request cut short (a 401 and a 413 are refused
+    # metered: the three answers and the request cut short (a 401 and the 413s are refused
     # before anything is served)
     assert [(r.status, r.completion_tokens) for r in rows] == [
         (200, 2), (200, 2), (200, 2), (499, 0),
