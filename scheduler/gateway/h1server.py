@@ -52,7 +52,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from scheduler.gateway.asgi import RESUME, GatewayApp
+from scheduler.gateway.asgi import RESUME, GatewayApp, authorization_and_length
 from scheduler.gateway.core import INFERENCE_PATHS, Gateway, JsonAnswer
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class _LeanCycle(OneWriteCycle):
         headers: list[tuple[bytes, bytes]],
         http_version: str,
         keep_alive: bool,
-        authorization: bytes | None,
+        authorization: str | None,
     ) -> None:
         # RequestResponseCycle.__init__'s attributes, scope and event aside
         self.scope = None  # type: ignore[assignment]
@@ -268,7 +268,7 @@ class _LeanCycle(OneWriteCycle):
         self.target = target
         self.headers = headers
         self.http_version = http_version
-        self.authorization = authorization  # its value, found with the headers' length
+        self.authorization = authorization  # found with the body's length
 
 
 class _Reply:
@@ -397,13 +397,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             and (limit is None or (len(self.connections) < limit and len(self.tasks) < limit))
             and self._fast_gateway() is not None
         ):
-            authorization: bytes | None = None
-            for name, value in self.headers:
-                if name == b"authorization":  # the last one, as asgi.serve_inference takes
-                    authorization = value
-                elif name == b"content-length" and int(value) > HIGH_WATER_LIMIT:
-                    break  # a big body: uvicorn's task refuses it unread or reads it
-            else:
+            authorization, length = authorization_and_length(self.headers)
+            # a big body: uvicorn's task refuses it unread, or reads it
+            if length <= HIGH_WATER_LIMIT:
                 version = parser.get_http_version()
                 self.cycle = _LeanCycle(
                     self,
@@ -475,13 +471,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.flow.write_paused or self.transport.is_closing():
             self._to_task(cycle)
             return
-        authorization = cycle.authorization
         gateway = self._gateway
         assert isinstance(gateway, Gateway)
         try:
             taken = gateway.serve_now(
                 _LEAN_TARGETS[cycle.target],
-                None if authorization is None else authorization.decode("latin-1"),
+                cycle.authorization,
                 bytes(cycle.body),
                 _Reply(self, cycle),
             )

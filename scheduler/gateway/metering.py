@@ -8,11 +8,11 @@ which outlives the process like a ``write(2)`` does, without the system call (3-
 request); where the file system cannot reserve space (a store into a mapped hole on a full
 disk would kill the process with SIGBUS), segments are appended with ``write(2)``. A
 segment outliving a failed flush is cut to its records' length, so reserved space does not
-pile up while the database is down. A background task moves records to the database in batches:
-it rotates to a new segment, inserts everything queued (records of older segments only),
-and then deletes the older segments, once a second by default (or as soon as ``batch_max``
-records wait). A flush is a thread holding the GIL for SQLAlchemy plus a database commit:
-run once per request (as at a 50 ms interval at low request rates) it landed inside most
+pile up while the database is down. A background task moves records to the database in
+batches: it rotates to a new segment, inserts everything queued (records of older segments
+only), and then deletes the older segments, once a second by default (or as soon as
+``batch_max`` records wait). A flush is a thread holding the GIL for SQLAlchemy plus a
+database commit: run once per request (as at a 50 ms interval at low request rates) it landed inside most
 requests' time to first token and added ~14 ms to it (bench/runtime.py, issue 5); once a
 second it is one batch whatever the rate. The gateway's usage endpoints flush before reading.
 At startup ``replay()`` inserts what the segments hold and deletes them. Inserts skip request
