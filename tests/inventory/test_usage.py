@@ -3,6 +3,7 @@ the gateway's own ``insert_usage``, on both backends."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from scheduler.inventory.service import InventoryService
 from scheduler.inventory.usage import SqlUsageSource
+from scheduler.store import tenancy as tenancy_store
 from scheduler.store.db import Database, open_database
 from scheduler.store.tenancy import USAGE_COLUMNS, TenantRow, UsageRow, insert_usage
 from scheduler.tenancy import TenancyService, UsageRecord
@@ -111,8 +113,8 @@ def test_assessment_and_demand_from_real_usage_records(db: Database, clock: Fake
 
 
 def test_insert_usage_skips_stored_ids_and_round_trips_every_field(db: Database) -> None:
-    """The gateway's flush path (driver-level executemany, ON CONFLICT DO NOTHING): the
-    count of new rows, duplicates within and across batches skipped, and every field read
+    """The gateway's flush path (multi-row INSERTs, ON CONFLICT DO NOTHING): the count of
+    new rows, duplicates within and across batches skipped, and every field read
     back through the ORM as written (datetimes in UTC to the microsecond)."""
     tenancy = TenancyService(db.sessions)
     tenant = tenancy.create_tenant("globex")
@@ -160,3 +162,38 @@ def test_insert_usage_skips_stored_ids_and_round_trips_every_field(db: Database)
             else:
                 assert got == getattr(want, name), name
     assert stored["req-3"].completion_tokens == 9  # the first write wins
+
+
+def test_insert_usage_splits_a_flush_into_statements(db: Database) -> None:
+    """A flush bigger than one statement's rows goes in several INSERTs: every row stored
+    once, new rows counted across statements, a duplicate that straddles a statement
+    boundary (its first copy in one statement, its second in the next) skipped. On SQLite,
+    a connection that binds only 100 values per statement (SQLite before 3.32 binds 999)
+    gets statements of 6 rows (16 values each) rather than a "too many SQL variables"."""
+    tenancy = TenancyService(db.sessions)
+    tenant = tenancy.create_tenant("initech")
+    now = datetime(2026, 12, 6, 17, 0, tzinfo=UTC)
+
+    def rec(i: int) -> UsageRecord:
+        return UsageRecord(f"req-{i}", tenant.id, None, "qwen", 200, now, completion_tokens=i)
+
+    per = tenancy_store._ROWS_PER_INSERT
+    records = (
+        [rec(i) for i in range(per)] + [rec(per - 1)] + [rec(i) for i in range(per, 2 * per + 7)]
+    )
+    assert tenancy.record_usage(records) == 2 * per + 7
+    assert tenancy.record_usage(records[per - 3 : per + 5]) == 0
+    with db.sessions() as session:
+        assert session.query(UsageRow).count() == 2 * per + 7
+        assert sum(r.completion_tokens for r in session.query(UsageRow)) == sum(range(2 * per + 7))
+    if db.url.startswith("sqlite"):
+        with db.sessions.begin() as session:
+            dbapi = session.connection().connection.dbapi_connection
+            assert isinstance(dbapi, sqlite3.Connection)
+            dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+            small = [rec(10_000 + i) for i in range(40)]
+            assert insert_usage(session, small) == 40
+            with pytest.raises(sqlite3.OperationalError, match="too many SQL variables"):
+                dbapi.execute(tenancy_store._insert_sql("?", 7), (0,) * (7 * len(USAGE_COLUMNS)))
+        with db.sessions() as session:
+            assert session.query(UsageRow).count() == 2 * per + 47
