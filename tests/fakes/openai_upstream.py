@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--token-delay-s", type=float, default=0.0)
     parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
     app = FakeUpstream(
         served_model=args.model,
@@ -253,7 +254,7 @@ def main() -> None:
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
-        loop="uvloop",
+        loop=args.loop,
         http="httptools",
         access_log=False,
         lifespan="off",
