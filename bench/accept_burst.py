@@ -8,10 +8,11 @@ engine's server, and vLLM's API server's) accepts one connection per event-loop 
 (libuv's ``uv__server_io`` accepts once per readiness event), and a busy streaming
 server's iterations are long (one step of every open stream each): the new connections
 wait in the listen queue, one iteration each. This script shows it without a proxy: one
-client session keeps 200 connections busy with streams, then 256 workers stream at once
-(56 of them on new connections), against the fake engine on uvloop and on asyncio's own
-loop (which accepts every pending connection per event), interleaved per round. The
-client and the engine share core 0, as in bench/gateway.py's pinned layout.
+client session opens 200 connections with a first round of streams and keeps them, then
+256 workers stream at once, 200 on those connections and 56 on new ones opened while the
+engine is busy with the others' streams; against the fake engine on uvloop and on
+asyncio's own loop (which accepts every pending connection per event), interleaved per
+round. The client and the engine share core 0, as in bench/gateway.py's pinned layout.
 
     PYTHONPATH=$PWD .venv/bin/python bench/accept_burst.py [--rounds 3]
 
@@ -63,6 +64,8 @@ async def _burst(url: str) -> list[float]:
                     started = time.perf_counter()
                     async with session.post(url, data=payload, headers=headers) as response:
                         await response.read()
+                        if response.status != 200:  # an error is no fast stream
+                            raise RuntimeError(f"the engine answered {response.status}")
                     latencies.append(time.perf_counter() - started)
 
             await asyncio.gather(*(worker() for _ in range(workers)))

@@ -147,7 +147,7 @@ def main() -> int:
             run = asyncio.run(load(url, args.n, args.c, **kw))
             wall = time.perf_counter() - t0
             cpu = cpu_s(gateway.pid) - cpu0
-            others = _other_threads_cpu_s(gateway.pid) - others0
+            others = _cpu_since(others0, _other_threads_cpu_s(gateway.pid))
             user_s, sys_s = (b - a for a, b in zip(us0, user_sys_s(gateway.pid), strict=True))
             done = max(1, len(run.latencies_s))
             print(
@@ -174,11 +174,11 @@ def main() -> int:
     return 0
 
 
-def _other_threads_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by the process's threads other than its main one (the event
-    loop's): the usage flush into the database, chiefly. A thread that ended is missed."""
+def _other_threads_cpu_s(pid: int) -> dict[str, float]:
+    """{thread id: CPU seconds used so far} of the process's threads other than its main
+    one (the event loop's): the usage flush into the database, chiefly."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    cpu: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         if task.name == str(pid):
             continue
@@ -186,8 +186,14 @@ def _other_threads_cpu_s(pid: int) -> float:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # ended meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+        cpu[task.name] = (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def _cpu_since(before: dict[str, float], after: dict[str, float]) -> float:
+    """CPU seconds the threads of ``after`` used since ``before`` (a thread that ended in
+    between is missed; one that started counts from zero)."""
+    return sum(used - before.get(tid, 0.0) for tid, used in after.items())
 
 
 if __name__ == "__main__":

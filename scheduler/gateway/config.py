@@ -22,8 +22,8 @@ class GatewayConfig:
     # once a second, or sooner once usage_batch_max records wait. Each flush also rotates
     # the WAL to a new segment (reserved, mapped) and deletes the stored ones: flushed at
     # every 512 records, that per-flush work cost the gateway ~12 us of CPU per request at
-    # ~4,500 requests/s (the two settings side by side, c=32); the cap only bounds the
-    # records queued in memory (~1 KiB each) at rates past it
+    # ~4,500 requests/s (the two settings side by side, c=32). Budget ledgers flush before
+    # they read the database (Gateway._load_ledger), so the interval does not hide usage
     usage_flush_interval_s: float = 1.0
     usage_batch_max: int = 16384
     usage_fsync: bool = False  # True also survives power loss, at ~1 fsync per request

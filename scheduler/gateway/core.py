@@ -381,7 +381,7 @@ class Gateway:
         if not self._admit_now(ex):
             assert ex.principal is not None
             tenant = ex.principal.tenant
-            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+            await self._load_ledger(tenant)
             ex.permit = self.admission.admit(tenant)
 
     def _admit_now(self, ex: Exchange) -> bool:
@@ -411,10 +411,17 @@ class Gateway:
         ex.permit = self.admission.admit(tenant)
         return True
 
+    async def _load_ledger(self, tenant: Tenant) -> None:
+        """A tenant's budget counters from the database, once this gateway's queued usage
+        records are in it (the flush runs once a second: without it, a reload would drop
+        the last second's usage until the next one)."""
+        await self.writer.flush()
+        await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+
     async def _reload_ledger(self, tenant: Tenant) -> None:
         """Reload a tenant's budget counters from the database (other gateways' usage)."""
         try:
-            await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
+            await self._load_ledger(tenant)
         except Exception:  # the old ledger stays; the next request tries again
             log.exception("reloading the budget ledger of tenant %s failed", tenant.name)
         finally:

@@ -160,3 +160,50 @@ def test_concurrency_limit_holds_across_two_gateways(tmp_path: Path) -> None:
     # 8 requests at once, 4 on each gateway, limit 2 in all: one slot per gateway
     assert sorted(statuses) == [200, 200] + [429] * 6
     assert statuses[:4].count(200) == statuses[4:].count(200) == 1
+
+
+def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None:
+    """The usage flush runs once a second: a ledger (re)load flushes this gateway's queued
+    records first, or the counters it reads from the database would miss them (and a
+    reload would drop them until the next one, letting the tenant past its budget)."""
+    from scheduler.tenancy import UsageRecord
+
+    sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
+    tenancy = TenancyService(sessions)
+    tenancy.create_tenant("acme", limits=TenantLimits(daily_token_budget=30))
+    tenant = tenancy.authenticate(tenancy.create_key("acme").secret).tenant
+    settings = Settings(data_dir=tmp_path / "gw")
+    config = GatewayConfig.from_settings(settings)
+    app = create_app(
+        settings,
+        tenancy,
+        ReplicaTable([]),
+        CollectorRegistry(),
+        admin_token=ADMIN_TOKEN,
+        config=GatewayConfig(**{**vars(config), "usage_flush_interval_s": 3600.0}),
+    )
+    gateway = app.gateway
+
+    async def run() -> None:
+        await gateway.startup()
+        try:
+            used = UsageRecord(
+                "req-1", tenant.id, None, MODEL, 200, datetime.now(UTC), completion_tokens=25
+            )
+            gateway.writer.submit(used)  # in the WAL, queued for the next flush
+            assert gateway.writer.pending == 1
+            await gateway._load_ledger(tenant)
+            assert gateway.writer.pending == 0
+            gateway.admission.admit(tenant)  # 25 of 30 used: one more may start
+            gateway.writer.submit(
+                UsageRecord(
+                    "req-2", tenant.id, None, MODEL, 200, datetime.now(UTC), completion_tokens=5
+                )
+            )
+            await gateway._load_ledger(tenant)  # the reload, as every 10 s
+            with pytest.raises(RateLimited, match="daily token budget"):
+                gateway.admission.admit(tenant)
+        finally:
+            await gateway.shutdown()
+
+    asyncio.run(run())

@@ -6,8 +6,10 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from scheduler.inventory.service import InventoryService
 from scheduler.inventory.usage import SqlUsageSource
@@ -181,7 +183,19 @@ def test_insert_usage_splits_a_flush_into_statements(db: Database) -> None:
     records = (
         [rec(i) for i in range(per)] + [rec(per - 1)] + [rec(i) for i in range(per, 2 * per + 7)]
     )
-    assert tenancy.record_usage(records) == 2 * per + 7
+    inserts: list[str] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if statement.startswith(f"INSERT INTO {UsageRow.__tablename__}"):
+            inserts.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        assert tenancy.record_usage(records) == 2 * per + 7
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    # 250 + 250 + 8 rows (more, smaller ones where SQLite binds at most 999 values)
+    assert len(inserts) >= 3 and all(s.count("), (") + 1 <= per for s in inserts)
     assert tenancy.record_usage(records[per - 3 : per + 5]) == 0
     with db.sessions() as session:
         assert session.query(UsageRow).count() == 2 * per + 7
