@@ -127,9 +127,11 @@ async def load(
     return run
 
 
-def user_sys_s(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds a process used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def user_sys_s(pid: int, tid: int | str | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds a process (or its thread ``tid``) used so far (Linux
+    /proc)."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
 

@@ -177,16 +177,14 @@ def main() -> int:
 def _other_threads_cpu_s(pid: int) -> dict[str, float]:
     """{thread id: CPU seconds used so far} of the process's threads other than its main
     one (the event loop's): the usage flush into the database, chiefly."""
-    tick = os.sysconf("SC_CLK_TCK")
     cpu: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         if task.name == str(pid):
             continue
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu[task.name] = sum(user_sys_s(pid, task.name))
         except OSError:  # ended meanwhile
             continue
-        cpu[task.name] = (int(fields[11]) + int(fields[12])) / tick
     return cpu
 
 
