@@ -12,9 +12,9 @@ pile up while the database is down. A background task moves records to the datab
 batches: it rotates to a new segment, inserts everything queued (records of older segments
 only), and then deletes the older segments, once a second by default (or as soon as
 ``batch_max`` records wait). A flush is a thread holding the GIL for SQLAlchemy plus a
-database commit: run once per request (as at a 50 ms interval at low request rates) it landed inside most
-requests' time to first token and added ~14 ms to it (bench/runtime.py, issue 5); once a
-second it is one batch whatever the rate. The gateway's usage endpoints flush before reading.
+database commit: run once per request (as at a 50 ms interval at low request rates) it
+landed inside most requests' time to first token and added ~14 ms to it (bench/runtime.py,
+issue 5); once a second it is one batch whatever the rate. The gateway's usage endpoints flush before reading.
 At startup ``replay()`` inserts what the segments hold and deletes them. Inserts skip request
 ids already stored (unique column), so a crash between insert and delete never duplicates a
 record, and a SIGKILL never loses one whose response completed (the page cache survives the

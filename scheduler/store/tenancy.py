@@ -186,10 +186,7 @@ def _insert_sql(mark: str, rows: int) -> str:
 def _sqlite_variable_limit(connection: Any) -> int:
     """How many values one SQLite statement may bind on this connection."""
     dbapi = connection.connection.dbapi_connection
-    try:
-        return int(dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-    except (AttributeError, sqlite3.Error):  # Python < 3.11
-        return 999
+    return int(dbapi.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
 
 
 def usage_totals(
