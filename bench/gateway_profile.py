@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,12 +166,15 @@ def main() -> int:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-    if args.gc:
-        print((tmp / "gc.txt").read_text(), end="")
-    if args.profile:
-        stats = pstats.Stats(str(tmp / "gw.prof"))
-        stats.sort_stats("tottime").print_stats(args.top)
-        stats.sort_stats("cumulative").print_stats(args.top)
+    try:
+        if args.gc:
+            print((tmp / "gc.txt").read_text(), end="")
+        if args.profile:
+            stats = pstats.Stats(str(tmp / "gw.prof"))
+            stats.sort_stats("tottime").print_stats(args.top)
+            stats.sort_stats("cumulative").print_stats(args.top)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -450,6 +450,16 @@ b.add(
     options={"showHeader": True, "sortBy": [{"displayName": "Value", "desc": True}]},
 )
 b.panels[-1]["targets"][0].update({"instant": True, "range": False, "format": "table"})
+b.add(
+    "timeseries",
+    "Usage records waiting for the database",
+    [("instance:cunliang_usage_pending_records:sum", "{{instance}}")],
+    "none",
+    w=24,
+    description="Per gateway: usage records not stored yet. A second's worth is normal (the "
+    "flush runs once a second); a rising line means the database refuses the flushes and "
+    "the records wait in the gateway's write-ahead log (alert CunliangUsageNotStored).",
+)
 tenants = dashboard(
     "cunliang-tenant-usage",
     "cunliang / Tenant usage",

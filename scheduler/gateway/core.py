@@ -174,6 +174,7 @@ class Gateway:
             fsync=config.usage_fsync,
             mapped=config.usage_wal_mmap,
         )
+        self.flush_failures_reported = 0  # writer.failed_flushes counted in the registry
         self._client: UpstreamClient | None = None
         self._post_now: Callable[..., Any] | None = None  # the client's post_now, if it has one
         # exchanges serve_now took and nothing finished yet: neither a task nor (once their

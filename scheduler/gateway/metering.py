@@ -11,11 +11,15 @@ segment outliving a failed flush is cut to its records' length, so reserved spac
 pile up while the database is down. A background task moves records to the database in
 batches: it rotates to a new segment, inserts everything queued (records of older segments
 only), and then deletes the older segments, once a second by default (or as soon as
-``batch_max`` records wait). A flush is a thread holding the GIL for SQLAlchemy plus a
+``batch_max`` records wait). While the database is down, a failed flush's records stay in
+their segments only (the backlog): memory holds at most the records since the last try,
+however long the outage; later flushes store the backlog a segment at a time, oldest first,
+up to ``backlog_per_flush`` records per flush (all of it at ``stop()``), so that a usage
+query or a budget load, which flush first, waits for a slice of the backlog, not all of it. A flush is a thread holding the GIL for SQLAlchemy plus a
 database commit: run once per request (as at a 50 ms interval at low request rates) it
 landed inside most requests' time to first token and added ~14 ms to it (bench/runtime.py,
 issue 5); once a second it is one batch whatever the rate. The gateway's usage endpoints flush before reading.
-At startup ``replay()`` inserts what the segments hold and deletes them. Inserts skip request
+At startup ``replay()`` inserts what the segments hold and deletes them, a segment at a time. Inserts skip request
 ids already stored (unique column), so a crash between insert and delete never duplicates a
 record, and a SIGKILL never loses one whose response completed (the page cache survives the
 process; ``fsync=True`` covers power loss). A segment's unused tail reads as NUL bytes,
@@ -104,6 +108,7 @@ class UsageWriter:
         fsync: bool = False,
         segment_bytes: int = SEGMENT_BYTES,
         mapped: bool = True,
+        backlog_per_flush: int = 20_000,
     ) -> None:
         self._sink = sink
         self._dir = wal_dir
@@ -111,6 +116,10 @@ class UsageWriter:
         self._interval_s = flush_interval_s
         self._fsync = fsync
         self._pending: list[UsageRecord] = []
+        # segments <= _backlog_upto hold records of failed flushes, on disk only (0: none)
+        self._backlog_upto = 0
+        self._backlog = 0  # how many records they hold
+        self._backlog_per_flush = backlog_per_flush
         self._fd: int | None = None
         self._segment_bytes = segment_bytes
         self._path: Path | None = None  # the current segment
@@ -152,7 +161,7 @@ class UsageWriter:
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.flush()
+        await self.flush(whole_backlog=True)
         reserved = self._reserved()
         self._close_segment()
         if reserved is not None:
@@ -191,7 +200,8 @@ class UsageWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Records not stored in the database yet: queued, and left on disk by failed flushes."""
+        return len(self._pending) + self._backlog
 
     # ---- background --------------------------------------------------------------------
 
@@ -202,50 +212,71 @@ class UsageWriter:
             self._wake.clear()
             try:
                 await self.flush()
-            except Exception:  # kept queued (and in the WAL) for the next flush
+            except Exception:  # kept in the WAL for the next flush
                 log.exception("usage flush failed")
 
-    async def flush(self) -> None:
-        """Move queued records to the database now (serialised: segments are deleted only
-        after every record in them is stored)."""
+    async def flush(self, *, whole_backlog: bool = False) -> None:
+        """Move queued records to the database now, after the backlog of failed flushes (whole
+        segments of it, up to ``backlog_per_flush`` records unless ``whole_backlog``).
+        Serialised: segments are deleted only after every record in them is stored."""
         async with self._flush_lock:
-            await self._flush_locked()
+            await self._flush_locked(None if whole_backlog else self._backlog_per_flush)
 
-    async def _flush_locked(self) -> None:
-        if not self._pending:
+    async def _flush_locked(self, backlog_limit: int | None) -> None:
+        if not self._pending and not self._backlog_upto:
             return
-        # records queued so far all live in segments <= current; new ones go to the next
-        done_upto = self._seq
-        closing = self._reserved()
-        try:
-            self._open_segment()
-        except OSError:  # e.g. out of file descriptors: records go on in the current one
-            self.failed_flushes += 1
-            log.exception("usage WAL: opening the next segment failed; flushing later")
-            await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
-            return
+        done_upto = self._backlog_upto  # nothing queued: the backlog only
+        closing = None
+        if self._pending:
+            # records queued so far all live in segments <= current; new ones go to the next
+            done_upto = self._seq
+            closing = self._reserved()
+            try:
+                self._open_segment()
+            except OSError:  # e.g. out of file descriptors: records go on in the current one
+                self.failed_flushes += 1
+                log.exception("usage WAL: opening the next segment failed; flushing later")
+                await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
+                return
         batch, self._pending = self._pending, []
         try:
-            await asyncio.to_thread(self._store, batch, done_upto, closing)
-        except Exception:  # the database is down or locked: keep the WAL, retry later
+            drained = await asyncio.to_thread(self._store, batch, done_upto, closing, backlog_limit)
+        except Exception:  # the database is down or locked: the records stay in the WAL
             self.failed_flushes += 1
             log.exception("usage flush of %d records failed; kept in the WAL", len(batch))
-            self._pending = batch + self._pending
+            # on disk only: memory stays bounded however long the database is down
+            self._backlog_upto = max(self._backlog_upto, done_upto)
+            self._backlog += len(batch)
             await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
+            return
+        if drained:
+            self._backlog_upto = self._backlog = 0
 
-    def _store(self, batch: list[UsageRecord], upto: int, closing: tuple[Path, int] | None) -> None:
-        """The flush thread: insert, then delete the segments whose records are all stored
-        (file operations off the event loop: freeing a segment's blocks takes the file
-        system's locks). A segment that outlives a failed insert is cut to its records
-        (``closing``: the one just closed, with space reserved past them)."""
+    def _store(
+        self,
+        batch: list[UsageRecord],
+        upto: int,
+        closing: tuple[Path, int] | None,
+        backlog_limit: int | None,
+    ) -> bool:
+        """The flush thread: store the backlog (up to ``backlog_limit`` records, whole
+        segments), then insert the batch and delete the segments that held it (file
+        operations off the event loop: freeing a segment's blocks takes the file system's
+        locks). A segment that outlives a failed insert is cut to its records (``closing``:
+        the one just closed, with space reserved past them). True when no backlog is left."""
         try:
-            self._sink.record_usage(batch)
+            drained = True
+            if self._backlog_upto:
+                drained = self._drain(self._backlog_upto, backlog_limit)[2]
+            if batch:
+                self._sink.record_usage(batch)
         except BaseException:
             if closing is not None:
                 with contextlib.suppress(OSError):
                     os.truncate(*closing)
             raise
-        self._delete_segments(upto=upto)
+        self._delete_segments(upto=upto, after=self._backlog_upto)
+        return drained
 
     # ---- files -------------------------------------------------------------------------
 
@@ -314,25 +345,45 @@ class UsageWriter:
         if fd is not None:
             os.close(fd)
 
-    def _delete_segments(self, upto: int) -> None:
+    def _delete_segments(self, upto: int, after: int = 0) -> None:
         for path in self._segments():
-            if _segment_seq(path) <= upto:
+            if after < _segment_seq(path) <= upto:
                 path.unlink(missing_ok=True)
+
+    def _drain(self, upto: int, limit: int | None = None) -> tuple[int, int, bool]:
+        """Store the records of the segments <= ``upto``, oldest first, deleting each once
+        its records are stored, until ``limit`` records (None: all). Returns (records read,
+        new ones, whether none of those segments is left). Memory: one segment's records."""
+        read = inserted = 0
+        for path in self._segments():
+            if _segment_seq(path) > upto:
+                break
+            if limit is not None and read >= limit:
+                return read, inserted, False
+            records = _read_segment(path)
+            if records:
+                inserted += self._sink.record_usage(records)
+            path.unlink(missing_ok=True)
+            read += len(records)
+            self._backlog = max(0, self._backlog - len(records))
+        return read, inserted, True
 
     def _replay(self) -> int:
         segments = self._segments()
         self._seq = _segment_seq(segments[-1]) if segments else 0
-        records: list[UsageRecord] = []
-        for path in segments:
-            # a mapped segment's unused tail is NULs, and so is a page the kernel had not
-            # written back when the machine went down (later pages may have been)
-            for line in path.read_bytes().split(b"\n"):
-                line = line.strip(b"\0")
-                record = decode(line) if line.strip() else None
-                if record is not None:
-                    records.append(record)
-        inserted = self._sink.record_usage(records) if records else 0
-        self._delete_segments(upto=self._seq)
-        if records:
-            log.info("replayed %d usage records from the WAL, %d new", len(records), inserted)
+        read, inserted, _ = self._drain(self._seq)
+        if read:
+            log.info("replayed %d usage records from the WAL, %d new", read, inserted)
         return inserted
+
+
+def _read_segment(path: Path) -> list[UsageRecord]:
+    """The records of one segment. A mapped segment's unused tail is NULs, and so is a page
+    the kernel had not written back when the machine went down (later pages may have been)."""
+    records = []
+    for line in path.read_bytes().split(b"\n"):
+        line = line.strip(b"\0")
+        record = decode(line) if line.strip() else None
+        if record is not None:
+            records.append(record)
+    return records

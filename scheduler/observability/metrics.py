@@ -12,6 +12,8 @@ Gateway:
   cunliang_ttft_seconds{model} / cunliang_tpot_seconds{model} / cunliang_e2e_latency_seconds{model}
   cunliang_replica_outstanding_requests{replica,model,device_class,site}  gauge
   cunliang_replica_up{replica,model,device_class,site,state}              gauge (1 per replica)
+  cunliang_usage_pending_records       gauge, usage records not in the database yet
+  cunliang_usage_flush_failures_total  counter, usage flushes the database refused
 Runtime / inventory:
   cunliang_device_yuan_per_hour{device_class,site,cost}   gauge, cost = "marginal" | "full"
   cunliang_device_watts{device_class,site,source}         gauge, source = "nvml" | "rapl" | "tdp"
@@ -49,6 +51,8 @@ class Metrics:
     e2e_latency_s: Histogram
     replica_outstanding: Gauge
     replica_up: Gauge
+    usage_pending: Gauge
+    usage_flush_failures: Counter
     device_yuan_per_hour: Gauge
     device_watts: Gauge
     devices: Gauge
@@ -110,6 +114,18 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "cunliang_replica_up",
             "1 for each known replica, labelled with its current state.",
             (*REPLICA_LABELS, "state"),
+            registry=registry,
+        ),
+        usage_pending=Gauge(
+            "cunliang_usage_pending_records",
+            "Usage records not in the database yet: queued for the next flush, and left in "
+            "the write-ahead log by failed flushes (the gateway stores them once it can).",
+            registry=registry,
+        ),
+        usage_flush_failures=Counter(
+            "cunliang_usage_flush_failures",
+            "Usage flushes that failed (database down or locked); their records wait in the "
+            "write-ahead log.",
             registry=registry,
         ),
         device_yuan_per_hour=Gauge(

@@ -19,6 +19,8 @@ CONTRACT = {
         {"replica", "model", "device_class", "site"},
     ),
     "cunliang_replica_up": ("gauge", {"replica", "model", "device_class", "site", "state"}),
+    "cunliang_usage_pending_records": ("gauge", set()),
+    "cunliang_usage_flush_failures": ("counter", set()),
     "cunliang_device_yuan_per_hour": ("gauge", {"device_class", "site", "cost"}),
     "cunliang_device_watts": ("gauge", {"device_class", "site", "source"}),
     "cunliang_devices": ("gauge", {"device_class", "site", "state"}),
@@ -37,6 +39,8 @@ def test_every_contract_metric_is_declared_with_its_labels() -> None:
         h.labels("m").observe(0.1)
     m.replica_outstanding.labels("r", "m", "c", "s").set(1)
     m.replica_up.labels("r", "m", "c", "s", "ready").set(1)
+    m.usage_pending.set(3)
+    m.usage_flush_failures.inc()
     m.device_yuan_per_hour.labels("c", "s", "full").set(1)
     m.device_watts.labels("c", "s", "nvml").set(1)
     m.devices.labels("c", "s", "admitted").set(1)

@@ -36,7 +36,18 @@ async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text exposition of the injected registry."""
     gateway.meters.flush()  # the request path's counts since the last scrape
     refresh_replica_gauges(gateway)
+    refresh_usage_meters(gateway)
     return Response(generate_latest(gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def refresh_usage_meters(gateway: GatewayDep) -> None:
+    """The usage writer's backlog and its failed flushes (counted since the last scrape)."""
+    m, writer = gateway.metrics, gateway.writer
+    m.usage_pending.set(writer.pending)
+    failed = writer.failed_flushes - gateway.flush_failures_reported
+    if failed > 0:
+        m.usage_flush_failures.inc(failed)
+        gateway.flush_failures_reported = writer.failed_flushes
 
 
 def refresh_replica_gauges(gateway: GatewayDep) -> None:
