@@ -98,6 +98,13 @@ def main() -> int:
     args = parser.parse_args()
     repo = args.repo.resolve()
     tmp = Path(tempfile.mkdtemp(prefix="cl-prof-"))
+    try:
+        return _profile(args, repo, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profile(args: argparse.Namespace, repo: Path, tmp: Path) -> int:
     up_port, gw_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     upstream = subprocess.Popen(
@@ -166,15 +173,12 @@ def main() -> int:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-    try:
-        if args.gc:
-            print((tmp / "gc.txt").read_text(), end="")
-        if args.profile:
-            stats = pstats.Stats(str(tmp / "gw.prof"))
-            stats.sort_stats("tottime").print_stats(args.top)
-            stats.sort_stats("cumulative").print_stats(args.top)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if args.gc:
+        print((tmp / "gc.txt").read_text(), end="")
+    if args.profile:
+        stats = pstats.Stats(str(tmp / "gw.prof"))
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
     return 0
 
 

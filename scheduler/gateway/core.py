@@ -413,16 +413,22 @@ class Gateway:
         return True
 
     async def _load_ledger(self, tenant: Tenant) -> None:
-        """A tenant's budget counters from the database, once this gateway's queued usage
-        records are in it (the flush runs once a second: without it, a reload would drop
-        the last second's usage until the next one)."""
-        await self.writer.flush()
+        """A tenant's budget counters from the database, once this gateway's usage records
+        are in it (the flush runs once a second: without it, a reload would drop the last
+        second's usage until the next one), the backlog of failed flushes included."""
+        await self.writer.flush(whole_backlog=True)
         await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
 
     async def _reload_ledger(self, tenant: Tenant) -> None:
-        """Reload a tenant's budget counters from the database (other gateways' usage)."""
+        """Reload a tenant's budget counters from the database (other gateways' usage).
+        Put off while failed flushes left records on disk: the counters kept in memory count
+        them already, and the periodic flush stores them a share at a time (a load would
+        store all of them at once, or fail while the database is down)."""
         try:
-            await self._load_ledger(tenant)
+            if self.writer.backlog:
+                self.admission.keep_ledger(tenant)
+            else:
+                await self._load_ledger(tenant)
         except Exception:  # the old ledger stays; the next request tries again
             log.exception("reloading the budget ledger of tenant %s failed", tenant.name)
         finally:

@@ -210,6 +210,13 @@ class Admission:
             return "reload"
         return None
 
+    def keep_ledger(self, tenant: Tenant) -> None:
+        """Count a tenant's ledger as fresh for another ``ledger_refresh_s`` (a reload put
+        off)."""
+        state = self._state(tenant)
+        if state.ledger is not None:
+            state.ledger_loaded_s = self._clock()
+
     def load_ledger(self, tenant: Tenant, loader: UsageLoader) -> None:
         """Load budget counters from recorded usage (blocking: call from a worker thread)."""
         now = self._wall_clock()

@@ -10,16 +10,21 @@ disk would kill the process with SIGBUS), segments are appended with ``write(2)`
 segment outliving a failed flush is cut to its records' length, so reserved space does not
 pile up while the database is down. A background task moves records to the database in
 batches: it rotates to a new segment, inserts everything queued (records of older segments
-only), and then deletes the older segments, once a second by default (or as soon as
-``batch_max`` records wait). While the database is down, a failed flush's records stay in
-their segments only (the backlog): memory holds at most the records since the last try,
-however long the outage; later flushes store the backlog a segment at a time, oldest first,
-up to ``backlog_per_flush`` records per flush (all of it at ``stop()``), so that a usage
-query or a budget load, which flush first, waits for a slice of the backlog, not all of it. A flush is a thread holding the GIL for SQLAlchemy plus a
+only), and then deletes the segments that held them, once a second by default (or as soon
+as ``batch_max`` records wait). A flush is a thread holding the GIL for SQLAlchemy plus a
 database commit: run once per request (as at a 50 ms interval at low request rates) it
 landed inside most requests' time to first token and added ~14 ms to it (bench/runtime.py,
-issue 5); once a second it is one batch whatever the rate. The gateway's usage endpoints flush before reading.
-At startup ``replay()`` inserts what the segments hold and deletes them, a segment at a time. Inserts skip request
+issue 5); once a second it is one batch whatever the rate.
+
+While the database is down, a failed flush's records stay in their segments only (the
+backlog): memory holds the records since the last try and those of the try under way,
+however long the outage (bench/usage_outage.py). Later flushes store the backlog first,
+oldest segments first, in inserts of whole segments: a periodic flush stores segments until
+it has stored ``backlog_per_flush`` records, so the catch-up takes a share of the CPU, not
+all of it; ``flush(whole_backlog=True)`` (the usage endpoints, a budget ledger's first
+load, ``stop()``) stores all of it, so that what they read next is complete.
+At startup ``replay()`` inserts what the segments hold and deletes them, in the same
+inserts of whole segments. Inserts skip request
 ids already stored (unique column), so a crash between insert and delete never duplicates a
 record, and a SIGKILL never loses one whose response completed (the page cache survives the
 process; ``fsync=True`` covers power loss). A segment's unused tail reads as NUL bytes,
@@ -42,6 +47,7 @@ import json
 import logging
 import mmap
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 _SEGMENT_GLOB = "usage-*.wal"
 # a mapped segment's reserved size (~4,000 records; a full one makes way for the next)
 SEGMENT_BYTES = 1 << 20
+_DRAIN_CHUNK = 20_000  # records per insert when the backlog or a replay is stored
 _FIELDS = {f.name for f in fields(UsageRecord)}
 
 
@@ -110,6 +117,8 @@ class UsageWriter:
         mapped: bool = True,
         backlog_per_flush: int = 20_000,
     ) -> None:
+        if backlog_per_flush < 1:
+            raise ValueError("backlog_per_flush must be at least 1")
         self._sink = sink
         self._dir = wal_dir
         self._batch_max = batch_max
@@ -120,6 +129,8 @@ class UsageWriter:
         self._backlog_upto = 0
         self._backlog = 0  # how many records they hold
         self._backlog_per_flush = backlog_per_flush
+        self._in_flight = 0  # records of the batch a flush is storing now
+        self.last_stored_s = time.time()  # when a flush last stored all it tried (or open)
         self._fd: int | None = None
         self._segment_bytes = segment_bytes
         self._path: Path | None = None  # the current segment
@@ -150,6 +161,7 @@ class UsageWriter:
             ) from exc
         inserted = self._replay()
         self._open_segment()
+        self.last_stored_s = time.time()
         return inserted
 
     async def start(self) -> None:
@@ -165,7 +177,7 @@ class UsageWriter:
         reserved = self._reserved()
         self._close_segment()
         if reserved is not None:
-            os.truncate(*reserved)  # to its records: none, after the flush
+            os.truncate(*reserved)  # to its records (none, unless the flush failed)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -200,8 +212,14 @@ class UsageWriter:
 
     @property
     def pending(self) -> int:
-        """Records not stored in the database yet: queued, and left on disk by failed flushes."""
-        return len(self._pending) + self._backlog
+        """Records not stored in the database yet: queued, being stored, and left on disk
+        by failed flushes."""
+        return len(self._pending) + self._in_flight + self._backlog
+
+    @property
+    def backlog(self) -> int:
+        """Records that failed flushes left on disk and no flush has stored yet."""
+        return self._backlog
 
     # ---- background --------------------------------------------------------------------
 
@@ -216,9 +234,10 @@ class UsageWriter:
                 log.exception("usage flush failed")
 
     async def flush(self, *, whole_backlog: bool = False) -> None:
-        """Move queued records to the database now, after the backlog of failed flushes (whole
-        segments of it, up to ``backlog_per_flush`` records unless ``whole_backlog``).
-        Serialised: segments are deleted only after every record in them is stored."""
+        """Move queued records to the database now, after the backlog of failed flushes (all
+        of it with ``whole_backlog``; else whole segments until ``backlog_per_flush``
+        records are stored). Serialised: segments are deleted only after every record in
+        them is stored."""
         async with self._flush_lock:
             await self._flush_locked(None if whole_backlog else self._backlog_per_flush)
 
@@ -239,18 +258,39 @@ class UsageWriter:
                 await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
                 return
         batch, self._pending = self._pending, []
+        self._in_flight = len(batch)
+        store = asyncio.ensure_future(
+            asyncio.to_thread(self._store, batch, done_upto, closing, backlog_limit)
+        )
         try:
-            drained = await asyncio.to_thread(self._store, batch, done_upto, closing, backlog_limit)
-        except Exception:  # the database is down or locked: the records stay in the WAL
+            # not raising the thread's exception here: a traceback through this frame would
+            # hold the batch until the garbage collector finds the cycle
+            await asyncio.wait([store])  # a cancellation leaves the thread going on
+        except asyncio.CancelledError:
+            # settle its batch (stored, or backlog) before giving up
+            if not store.done():
+                await asyncio.wait([store])
+            self._settle(store, len(batch), done_upto)
+            raise
+        if not self._settle(store, len(batch), done_upto):
+            await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
+
+    def _settle(self, store: asyncio.Future[bool], records: int, done_upto: int) -> bool:
+        """Account for a finished store of ``records`` queued records in segments up to
+        ``done_upto``; False if it failed."""
+        self._in_flight = 0
+        exc = store.exception()
+        if exc is not None:  # the database is down or locked: the records stay in the WAL
             self.failed_flushes += 1
-            log.exception("usage flush of %d records failed; kept in the WAL", len(batch))
+            log.error("usage flush of %d records failed; kept in the WAL", records, exc_info=exc)
             # on disk only: memory stays bounded however long the database is down
             self._backlog_upto = max(self._backlog_upto, done_upto)
-            self._backlog += len(batch)
-            await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
-            return
-        if drained:
+            self._backlog += records
+            return False
+        if store.result():  # no backlog left
             self._backlog_upto = self._backlog = 0
+        self.last_stored_s = time.time()
+        return True
 
     def _store(
         self,
@@ -259,8 +299,8 @@ class UsageWriter:
         closing: tuple[Path, int] | None,
         backlog_limit: int | None,
     ) -> bool:
-        """The flush thread: store the backlog (up to ``backlog_limit`` records, whole
-        segments), then insert the batch and delete the segments that held it (file
+        """The flush thread: store the backlog (whole segments until ``backlog_limit``
+        records, None: all), then insert the batch and delete the segments that held it (file
         operations off the event loop: freeing a segment's blocks takes the file system's
         locks). A segment that outlives a failed insert is cut to its records (``closing``:
         the one just closed, with space reserved past them). True when no backlog is left."""
@@ -351,21 +391,37 @@ class UsageWriter:
                 path.unlink(missing_ok=True)
 
     def _drain(self, upto: int, limit: int | None = None) -> tuple[int, int, bool]:
-        """Store the records of the segments <= ``upto``, oldest first, deleting each once
-        its records are stored, until ``limit`` records (None: all). Returns (records read,
-        new ones, whether none of those segments is left). Memory: one segment's records."""
+        """Store the records of the segments <= ``upto``, oldest first, in inserts of whole
+        segments of about ``_DRAIN_CHUNK`` records, deleting the segments of each insert
+        once it is stored, until ``limit`` records are stored (None: all). Returns (records
+        read, new ones, whether none of those segments is left). Memory: one insert's
+        records."""
         read = inserted = 0
+        paths: list[Path] = []
+        records: list[UsageRecord] = []
+
+        def store() -> None:
+            nonlocal read, inserted
+            if records:
+                inserted += self._sink.record_usage(records)
+            for path in paths:
+                path.unlink(missing_ok=True)
+            read += len(records)
+            self._backlog = max(0, self._backlog - len(records))
+            paths.clear()
+            records.clear()
+
         for path in self._segments():
             if _segment_seq(path) > upto:
                 break
-            if limit is not None and read >= limit:
+            if limit is not None and read + len(records) >= limit:
+                store()
                 return read, inserted, False
-            records = _read_segment(path)
-            if records:
-                inserted += self._sink.record_usage(records)
-            path.unlink(missing_ok=True)
-            read += len(records)
-            self._backlog = max(0, self._backlog - len(records))
+            paths.append(path)
+            records.extend(_read_segment(path))
+            if len(records) >= _DRAIN_CHUNK:
+                store()
+        store()
         return read, inserted, True
 
     def _replay(self) -> int:

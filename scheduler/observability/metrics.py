@@ -13,7 +13,8 @@ Gateway:
   cunliang_replica_outstanding_requests{replica,model,device_class,site}  gauge
   cunliang_replica_up{replica,model,device_class,site,state}              gauge (1 per replica)
   cunliang_usage_pending_records       gauge, usage records not in the database yet
-  cunliang_usage_flush_failures_total  counter, usage flushes the database refused
+  cunliang_usage_flush_failures_total  counter, usage flushes that failed
+  cunliang_usage_last_stored_timestamp_seconds  gauge, when a flush last stored its records
 Runtime / inventory:
   cunliang_device_yuan_per_hour{device_class,site,cost}   gauge, cost = "marginal" | "full"
   cunliang_device_watts{device_class,site,source}         gauge, source = "nvml" | "rapl" | "tdp"
@@ -53,6 +54,7 @@ class Metrics:
     replica_up: Gauge
     usage_pending: Gauge
     usage_flush_failures: Counter
+    usage_last_stored: Gauge
     device_yuan_per_hour: Gauge
     device_watts: Gauge
     devices: Gauge
@@ -124,8 +126,14 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         usage_flush_failures=Counter(
             "cunliang_usage_flush_failures",
-            "Usage flushes that failed (database down or locked); their records wait in the "
-            "write-ahead log.",
+            "Usage flushes that failed (the database down or locked, or the write-ahead log's "
+            "next segment not opened); their records wait in the write-ahead log.",
+            registry=registry,
+        ),
+        usage_last_stored=Gauge(
+            "cunliang_usage_last_stored_timestamp_seconds",
+            "When a usage flush last stored all it tried (or the gateway started): with "
+            "records pending, an old one means flushes fail or hang.",
             registry=registry,
         ),
         device_yuan_per_hour=Gauge(

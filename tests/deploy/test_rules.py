@@ -26,6 +26,7 @@ CONTRACT = {
     "cunliang_replica_up",
     "cunliang_usage_pending_records",
     "cunliang_usage_flush_failures_total",
+    "cunliang_usage_last_stored_timestamp_seconds",
     "cunliang_device_yuan_per_hour",
     "cunliang_device_watts",
     "cunliang_devices",

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -403,6 +404,37 @@ def test_backlog_is_stored_a_slice_at_a_time_and_survives_a_restart(tmp_path: Pa
     asyncio.run(run())
     assert UsageWriter(sink, tmp_path / "wal").open() == 4
     assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(14))
+
+
+def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path) -> None:
+    """A flush cancelled while its thread inserts (e.g. a usage query's, at shutdown): the
+    thread goes on, and its batch is settled (here: failed, so kept as backlog) before the
+    cancellation goes on; the next flush does not delete the segment that holds it."""
+
+    class SlowFlakySink(FlakySink):
+        def record_usage(self, records: list[UsageRecord]) -> int:
+            time.sleep(0.2)
+            return super().record_usage(records)
+
+    sink = SlowFlakySink(failures=1)
+
+    async def run() -> None:
+        writer = UsageWriter(sink, tmp_path / "wal")
+        writer.open()
+        writer.submit(_record(0))
+        flush = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0.05)
+        assert writer.pending == 1  # being stored still counts
+        flush.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flush
+        assert writer.backlog == 1 and writer.failed_flushes == 1
+        writer.submit(_record(1))
+        await writer.flush()
+        await writer.stop()
+
+    asyncio.run(run())
+    assert sorted(sink.stored) == ["req-0", "req-1"]
 
 
 def test_wal_lines_round_trip_and_older_object_lines_still_replay() -> None:

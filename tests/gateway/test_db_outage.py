@@ -44,7 +44,7 @@ class Outage:
     def begin(self) -> None:
         self.server.admin(f"ALTER DATABASE {self.database} ALLOW_CONNECTIONS false")
         self.server.admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
             f"WHERE datname = '{self.database}' AND pid <> pg_backend_pid()"
         )
 
@@ -95,6 +95,7 @@ def test_usage_rides_out_a_database_outage(
             writer.submit(record(i))
         await _until(lambda: writer.pending == 0)  # stored while the database is up
         outage.begin()
+        outage_began = time.time()
         for i in range(100, 400):  # requests go on completing during the outage
             writer.submit(record(i))
             if i % 50 == 0:
@@ -103,6 +104,8 @@ def test_usage_rides_out_a_database_outage(
         assert writer.pending == 300
         refresh_usage_meters(gateway)  # type: ignore[arg-type]
         assert sample("cunliang_usage_pending_records") == 300
+        last_stored = sample("cunliang_usage_last_stored_timestamp_seconds")
+        assert last_stored is not None and last_stored <= outage_began
         failures = sample("cunliang_usage_flush_failures_total")
         assert failures is not None and failures >= 3
         outage.end()
@@ -110,6 +113,8 @@ def test_usage_rides_out_a_database_outage(
         refresh_usage_meters(gateway)  # type: ignore[arg-type]
         assert sample("cunliang_usage_pending_records") == 0
         assert sample("cunliang_usage_flush_failures_total") == writer.failed_flushes
+        back = sample("cunliang_usage_last_stored_timestamp_seconds")
+        assert back is not None and back > outage_began
         await writer.stop()
 
     try:

@@ -21,6 +21,7 @@ CONTRACT = {
     "cunliang_replica_up": ("gauge", {"replica", "model", "device_class", "site", "state"}),
     "cunliang_usage_pending_records": ("gauge", set()),
     "cunliang_usage_flush_failures": ("counter", set()),
+    "cunliang_usage_last_stored_timestamp_seconds": ("gauge", set()),
     "cunliang_device_yuan_per_hour": ("gauge", {"device_class", "site", "cost"}),
     "cunliang_device_watts": ("gauge", {"device_class", "site", "source"}),
     "cunliang_devices": ("gauge", {"device_class", "site", "state"}),
@@ -41,6 +42,7 @@ def test_every_contract_metric_is_declared_with_its_labels() -> None:
     m.replica_up.labels("r", "m", "c", "s", "ready").set(1)
     m.usage_pending.set(3)
     m.usage_flush_failures.inc()
+    m.usage_last_stored.set(1.8e9)
     m.device_yuan_per_hour.labels("c", "s", "full").set(1)
     m.device_watts.labels("c", "s", "nvml").set(1)
     m.devices.labels("c", "s", "admitted").set(1)

@@ -207,3 +207,62 @@ def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None
             await gateway.shutdown()
 
     asyncio.run(run())
+
+
+def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path: Path) -> None:
+    """Records a failed flush left on disk are not in the database yet, and the counters in
+    memory count them already: a reload is put off while they wait (it would store the
+    whole backlog at once, or fail while the database is down), leaving the counters as
+    they are. A first load stores them first."""
+    from scheduler.tenancy import UsageRecord
+
+    sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
+    tenancy = TenancyService(sessions)
+    tenancy.create_tenant("acme", limits=TenantLimits(daily_token_budget=30))
+    tenant = tenancy.authenticate(tenancy.create_key("acme").secret).tenant
+    settings = Settings(data_dir=tmp_path / "gw")
+    config = GatewayConfig.from_settings(settings)
+    app = create_app(
+        settings,
+        tenancy,
+        ReplicaTable([]),
+        CollectorRegistry(),
+        admin_token=ADMIN_TOKEN,
+        config=GatewayConfig(**{**vars(config), "usage_flush_interval_s": 3600.0}),
+    )
+    gateway = app.gateway
+
+    class DatabaseDown:
+        def record_usage(self, records: object) -> int:
+            raise OSError("database is down")
+
+    def used(request_id: str, tokens: int) -> None:  # as Gateway.finish records a request
+        now = datetime.now(UTC)
+        gateway.writer.submit(
+            UsageRecord(request_id, tenant.id, None, MODEL, 200, now, completion_tokens=tokens)
+        )
+        gateway.admission.on_recorded(tenant.id, now, tokens, 0.0)
+
+    async def run() -> None:
+        await gateway.startup()
+        try:
+            used("req-1", 25)
+            await gateway._load_ledger(tenant)  # 25 of 30
+            used("req-2", 5)  # 30 of 30
+            gateway.writer._sink = DatabaseDown()
+            await gateway.writer.flush()
+            assert gateway.writer.backlog == 1
+            gateway.writer._sink = tenancy  # back, but the record waits for the next flush
+            await gateway._reload_ledger(tenant)
+            with pytest.raises(RateLimited, match="daily token budget"):
+                gateway.admission.admit(tenant)
+            assert gateway.writer.backlog == 1  # the reload did not read the database
+            gateway.admission._tenants.clear()  # e.g. limits changed: a first load
+            await gateway._load_ledger(tenant)
+            assert gateway.writer.pending == 0
+            with pytest.raises(RateLimited, match="daily token budget"):
+                gateway.admission.admit(tenant)
+        finally:
+            await gateway.shutdown()
+
+    asyncio.run(run())

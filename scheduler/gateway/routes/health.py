@@ -41,9 +41,11 @@ async def metrics(gateway: GatewayDep) -> Response:
 
 
 def refresh_usage_meters(gateway: GatewayDep) -> None:
-    """The usage writer's backlog and its failed flushes (counted since the last scrape)."""
+    """The usage writer's records not stored yet, its failed flushes (counted since the
+    last scrape) and when it last stored what it tried."""
     m, writer = gateway.metrics, gateway.writer
     m.usage_pending.set(writer.pending)
+    m.usage_last_stored.set(writer.last_stored_s)
     failed = writer.failed_flushes - gateway.flush_failures_reported
     if failed > 0:
         m.usage_flush_failures.inc(failed)

@@ -63,7 +63,8 @@ async def my_usage(
     until: Annotated[datetime | None, Query()] = None,
 ) -> UsageOut:
     start, end = window(period, since, until, gateway.wall_clock())
-    await gateway.writer.flush()  # records of completed requests are visible at once
+    # records of completed requests are visible at once (a failed flushes' backlog too)
+    await gateway.writer.flush(whole_backlog=True)
     summary = await asyncio.to_thread(
         gateway.tenancy.usage_summary, principal.tenant.name, start, end
     )
