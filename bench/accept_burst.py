@@ -37,7 +37,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import print_result, write_result  # noqa: E402
 from bench.gateway import MODEL, pin, wait_healthy  # noqa: E402
 from tests.fakes.servers import free_port  # noqa: E402
 
@@ -132,9 +132,7 @@ def main() -> int:
             "statistic": "median over rounds",
         },
     )
-    for key, value in metrics.items():
-        print(f"{key} {value}")
-    print(f"wrote {path}")
+    print_result(path, metrics)
     return 0
 
 

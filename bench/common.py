@@ -57,6 +57,13 @@ def write_result(name: str, metrics: dict[str, float], **extra: Any) -> Path:
     return path
 
 
+def print_result(path: Path, metrics: dict[str, float]) -> None:
+    """Each metric on a line, then where ``write_result`` wrote them."""
+    for key, value in metrics.items():
+        print(f"{key} {value}")
+    print(f"wrote {path}")
+
+
 def gateway_fixture(tmp: Path, engine_url: str, model: str) -> tuple[str, Path]:
     """A gateway database (``tmp/gw.db``) with tenant "bench", and a replicas file naming
     one ready replica of ``model`` at ``engine_url``: (that tenant's API key, the file)."""

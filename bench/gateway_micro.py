@@ -301,7 +301,7 @@ def main() -> int:
         base = sum(metrics[f"gateway_base_{p}_us_per_request"] for p in path)
         metrics["request_path_new_over_base_ratio"] = round(total / base, 3)
     sys.path.insert(0, str(REPO))
-    from bench.common import write_result
+    from bench.common import print_result, write_result
 
     path = write_result(
         "gateway_micro",
@@ -312,9 +312,7 @@ def main() -> int:
             "checkouts": {k: str(v) for k, v in checkouts.items()},
         },
     )
-    for key, value in metrics.items():
-        print(f"{key} {value}")
-    print(f"wrote {path}")
+    print_result(path, metrics)
     return 0
 
 

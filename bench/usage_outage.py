@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import print_result, write_result  # noqa: E402
 
 _RUN = r"""
 import asyncio, json, sqlite3, sys, time
@@ -177,9 +177,7 @@ def main() -> int:
             "baseline": str(args.compare_repo) if args.compare_repo else None,
         },
     )
-    for key, value in metrics.items():
-        print(f"{key} {value}")
-    print(f"wrote {path}")
+    print_result(path, metrics)
     return 0
 
 

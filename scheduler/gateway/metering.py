@@ -258,10 +258,11 @@ class UsageWriter:
                 await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
                 return
         batch, self._pending = self._pending, []
-        self._in_flight = len(batch)
+        records = self._in_flight = len(batch)
         store = asyncio.ensure_future(
             asyncio.to_thread(self._store, batch, done_upto, closing, backlog_limit)
         )
+        del batch  # the thread's (a failed one's stays on disk only)
         try:
             # not raising the thread's exception here: a traceback through this frame would
             # hold the batch until the garbage collector finds the cycle
@@ -270,9 +271,11 @@ class UsageWriter:
             # settle its batch (stored, or backlog) before giving up
             if not store.done():
                 await asyncio.wait([store])
-            self._settle(store, len(batch), done_upto)
+            self._settle(store, records, done_upto)
             raise
-        if not self._settle(store, len(batch), done_upto):
+        stored = self._settle(store, records, done_upto)
+        del store  # its exception's traceback holds the batch: not during the back-off
+        if not stored:
             await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
 
     def _settle(self, store: asyncio.Future[bool], records: int, done_upto: int) -> bool:

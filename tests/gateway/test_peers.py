@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from scheduler.errors import RateLimited
 from scheduler.gateway.app import create_app
 from scheduler.gateway.config import GatewayConfig
+from scheduler.gateway.core import Gateway
 from scheduler.gateway.db_directory import DbGatewayPeers
 from scheduler.gateway.limits import Admission, split_limit
 from scheduler.gateway.replicas import ReplicaTable
@@ -162,12 +163,9 @@ def test_concurrency_limit_holds_across_two_gateways(tmp_path: Path) -> None:
     assert statuses[:4].count(200) == statuses[4:].count(200) == 1
 
 
-def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None:
-    """The usage flush runs once a second: a ledger (re)load flushes this gateway's queued
-    records first, or the counters it reads from the database would miss them (and a
-    reload would drop them until the next one, letting the tenant past its budget)."""
-    from scheduler.tenancy import UsageRecord
-
+def _budgeted_gateway(tmp_path: Path) -> tuple[TenancyService, Tenant, Gateway]:
+    """A gateway (not started) whose tenant "acme" has a daily budget of 30 tokens, its
+    usage flushed only when asked."""
     sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
     tenancy = TenancyService(sessions)
     tenancy.create_tenant("acme", limits=TenantLimits(daily_token_budget=30))
@@ -182,7 +180,16 @@ def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None
         admin_token=ADMIN_TOKEN,
         config=GatewayConfig(**{**vars(config), "usage_flush_interval_s": 3600.0}),
     )
-    gateway = app.gateway
+    return tenancy, tenant, app.gateway
+
+
+def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None:
+    """The usage flush runs once a second: a ledger (re)load flushes this gateway's queued
+    records first, or the counters it reads from the database would miss them (and a
+    reload would drop them until the next one, letting the tenant past its budget)."""
+    from scheduler.tenancy import UsageRecord
+
+    _, tenant, gateway = _budgeted_gateway(tmp_path)
 
     async def run() -> None:
         await gateway.startup()
@@ -216,21 +223,7 @@ def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path
     they are. A first load stores them first."""
     from scheduler.tenancy import UsageRecord
 
-    sessions = session_factory(f"sqlite:///{tmp_path / 'gw.db'}", create_tables=True)
-    tenancy = TenancyService(sessions)
-    tenancy.create_tenant("acme", limits=TenantLimits(daily_token_budget=30))
-    tenant = tenancy.authenticate(tenancy.create_key("acme").secret).tenant
-    settings = Settings(data_dir=tmp_path / "gw")
-    config = GatewayConfig.from_settings(settings)
-    app = create_app(
-        settings,
-        tenancy,
-        ReplicaTable([]),
-        CollectorRegistry(),
-        admin_token=ADMIN_TOKEN,
-        config=GatewayConfig(**{**vars(config), "usage_flush_interval_s": 3600.0}),
-    )
-    gateway = app.gateway
+    tenancy, tenant, gateway = _budgeted_gateway(tmp_path)
 
     class DatabaseDown:
         def record_usage(self, records: object) -> int:
