@@ -1,8 +1,9 @@
 """The gateway's usage writer through a database outage: memory while it lasts, and how
 long the records take to reach the database once it is back.
 
-Each run is a subprocess with one ``UsageWriter`` (scheduler/gateway/metering.py) in front
-of a real SQLite tenancy store, fed usage records at a steady rate on its event loop as the
+Each run is a subprocess with one ``UsageWriter`` (scheduler/gateway/metering.py), with the
+gateway's flush settings (``GatewayConfig``: once a second, or at 16,384 queued records), in
+front of a real SQLite tenancy store, fed usage records at a steady rate on its event loop as the
 gateway's requests would (a record built and submitted per request). After ``--up-s``
 seconds, another connection takes SQLite's write lock (``BEGIN EXCLUSIVE``) for
 ``--outage-s`` seconds: every flush waits out the store's busy timeout (10 s) and fails
@@ -42,7 +43,9 @@ import asyncio, json, sqlite3, sys, time
 from datetime import UTC, datetime
 from pathlib import Path
 from sqlalchemy import func, select
+from scheduler.gateway.config import GatewayConfig
 from scheduler.gateway.metering import UsageWriter
+from scheduler.settings import Settings
 from scheduler.store.tenancy import UsageRow, session_factory
 from scheduler.tenancy import TenancyService, UsageRecord
 
@@ -71,7 +74,11 @@ def stored():
 
 
 async def main():
-    writer = UsageWriter(tenancy, tmp / "wal")
+    config = GatewayConfig.from_settings(Settings(data_dir=tmp))  # the gateway's flush cadence
+    writer = UsageWriter(
+        tenancy, tmp / "wal", batch_max=config.usage_batch_max,
+        flush_interval_s=config.usage_flush_interval_s,
+    )
     writer.open()
     await writer.start()
     submitted = 0

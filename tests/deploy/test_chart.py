@@ -65,7 +65,7 @@ def test_fleet_renders_every_kind(fleet: list[dict[str, Any]]) -> None:
     kinds = {o["kind"] for o in fleet}
     assert kinds >= {
         "RayCluster",
-        "Deployment",
+        "StatefulSet",
         "Service",
         "Ingress",
         "HorizontalPodAutoscaler",
@@ -80,7 +80,7 @@ def test_fleet_renders_every_kind(fleet: list[dict[str, Any]]) -> None:
         "ConfigMap",
     }
     # external database: no bundled PostgreSQL
-    assert find(fleet, "StatefulSet") == []
+    assert find(fleet, "StatefulSet", "cunliang-postgresql") == []
 
 
 def test_crd_schemas_reject_a_misspelt_field(fleet: list[dict[str, Any]]) -> None:
@@ -204,7 +204,7 @@ def test_gateway_command_probes_and_service(
     case: tuple[dict[str, Any] | None, list[dict[str, Any]]],
 ) -> None:
     _, objects = case
-    deployment = one(objects, "Deployment", "cunliang-gateway")
+    deployment = one(objects, "StatefulSet", "cunliang-gateway")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == [
         "cunliang",
@@ -230,11 +230,49 @@ def test_gateway_command_probes_and_service(
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
+def test_gateway_usage_wal_is_on_a_claim_per_pod_or_in_the_pod() -> None:
+    """The usage WAL outlives a gateway pod on its own PersistentVolumeClaim (a StatefulSet:
+    the pod that replaces it replays it), mounted where the gateway keeps it; disabled, the
+    gateway is a Deployment with the WAL in its emptyDir data volume."""
+    from scheduler.gateway.config import GatewayConfig
+    from scheduler.settings import Settings
+
+    objects = render(None)
+    gateway = one(objects, "StatefulSet", "cunliang-gateway")
+    assert gateway["spec"]["serviceName"] == "cunliang-gateway-internal"
+    assert gateway["spec"]["podManagementPolicy"] == "Parallel"
+    (claim,) = gateway["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "usage-wal"
+    assert claim["spec"]["resources"]["requests"] == {"storage": "4Gi"}
+    assert "storageClassName" not in claim["spec"]  # the cluster's default
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    data_dir = _env(container)["CUNLIANG_DATA_DIR"]
+    wal_dir = GatewayConfig.from_settings(Settings(data_dir=data_dir)).wal_dir
+    assert {"name": "usage-wal", "mountPath": str(wal_dir)} in container["volumeMounts"]
+    assert find(objects, "Deployment", "cunliang-gateway") == []
+
+    sized = render(
+        {"gateway": {"usageWal": {"persistence": {"size": "20Gi", "storageClassName": "ssd"}}}}
+    )
+    (claim,) = one(sized, "StatefulSet", "cunliang-gateway")["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "ssd"
+    assert claim["spec"]["resources"]["requests"] == {"storage": "20Gi"}
+
+    plain = render({"gateway": {"usageWal": {"persistence": {"enabled": False}}}})
+    assert find(plain, "StatefulSet", "cunliang-gateway") == []
+    deployment = one(plain, "Deployment", "cunliang-gateway")
+    mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert [m for m in mounts if m["name"] == "usage-wal"] == []
+    for obj in plain:
+        validate(obj)
+
+
 def test_fleet_gateway_has_ingress_and_hpa(fleet: list[dict[str, Any]]) -> None:
-    deployment = one(fleet, "Deployment", "cunliang-gateway")
+    deployment = one(fleet, "StatefulSet", "cunliang-gateway")
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     hpa = one(fleet, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "cunliang-gateway"
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
     ingress = one(fleet, "Ingress")
     assert ingress["spec"]["rules"][0]["host"] == "llm.example.com"
@@ -275,7 +313,7 @@ def test_bundled_postgresql_for_trials(default: list[dict[str, Any]]) -> None:
     password = base64.b64decode(secret["data"]["postgres-password"]).decode()
     assert url == f"postgresql+psycopg://cunliang:{password}@cunliang-postgresql:5432/cunliang"
     assert len(password) == 32
-    gateway = one(default, "Deployment", "cunliang-gateway")["spec"]["template"]["spec"]
+    gateway = one(default, "StatefulSet", "cunliang-gateway")["spec"]["template"]["spec"]
     assert _env(gateway["containers"][0])["CUNLIANG_DATABASE_URL"] == {
         "secretKeyRef": {"name": "cunliang-postgresql", "key": "database-url"}
     }
@@ -290,7 +328,7 @@ def test_admin_token_generated_given_or_external() -> None:
     assert base64.b64decode(given["data"]["admin-token"]) == b"s3cret-token"
     external = render({"adminToken": {"existingSecret": "ops-admin", "key": "token"}})
     assert find(external, "Secret", "cunliang-admin") == []
-    gateway = one(external, "Deployment", "cunliang-gateway")["spec"]["template"]["spec"]
+    gateway = one(external, "StatefulSet", "cunliang-gateway")["spec"]["template"]["spec"]
     assert _env(gateway["containers"][0])["CUNLIANG_ADMIN_TOKEN"] == {
         "secretKeyRef": {"name": "ops-admin", "key": "token"}
     }
@@ -384,11 +422,13 @@ def test_monitors_scrape_gateway_and_ray_pods(fleet: list[dict[str, Any]]) -> No
 def test_notes_tell_how_to_reach_it_and_get_the_first_key() -> None:
     text = notes(fleet_values())
     assert "export CUNLIANG_URL=https://llm.example.com/v1" in text
-    assert "kubectl -n llm exec deploy/cunliang-gateway -- cunliang tenant add" in text
-    assert "kubectl -n llm exec deploy/cunliang-gateway -- cunliang key create" in text
+    assert "kubectl -n llm exec statefulset/cunliang-gateway -- cunliang tenant add" in text
+    assert "kubectl -n llm exec statefulset/cunliang-gateway -- cunliang key create" in text
     assert "get secret cunliang-admin" in text
     trial = notes(None)
     assert "port-forward svc/cunliang-gateway 8000:80" in trial
+    plain = notes({"gateway": {"usageWal": {"persistence": {"enabled": False}}}})
+    assert "exec deployment/cunliang-gateway -- cunliang tenant add" in plain
 
 
 def test_client_side_install_dry_run() -> None:
@@ -404,7 +444,7 @@ def test_client_side_install_dry_run() -> None:
     assert release["status"] == "pending-install"
     manifest = [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
     kinds = {doc["kind"] for doc in manifest}
-    assert "RayCluster" in kinds and "Deployment" in kinds
+    assert "RayCluster" in kinds and "StatefulSet" in kinds
     # the migration Job is a hook, not part of the release's manifest
     assert "Job" not in kinds
     assert "cunliang key create acme" in release["notes"]

@@ -34,11 +34,11 @@ def test_install_steps_are_in_order() -> None:
         "kubectl -n cunliang create secret generic cunliang-db",
         "kubectl label node",
         "helm install cunliang deploy/helm/cunliang --namespace cunliang -f deploy/helm/cunliang/examples/values-fleet.yaml",
-        "kubectl -n cunliang rollout status deployment/cunliang-gateway",
+        "kubectl -n cunliang rollout status statefulset/cunliang-gateway",
         "kubectl -n cunliang get raycluster cunliang",
         "kubectl -n cunliang get secret cunliang-admin",
-        "kubectl -n cunliang exec deploy/cunliang-gateway -- cunliang tenant add",
-        "kubectl -n cunliang exec deploy/cunliang-gateway -- cunliang key create",
+        "kubectl -n cunliang exec statefulset/cunliang-gateway -- cunliang tenant add",
+        "kubectl -n cunliang exec statefulset/cunliang-gateway -- cunliang key create",
         "curl https://llm.example.com/v1/models",
     ]
     assert len(commands) == len(expected_prefixes), commands

@@ -191,3 +191,8 @@ autoscaler: it then mounts this same volume in the autoscaler instead of a secon
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}
+
+{{/* The gateway's workload kind: StatefulSet when its usage WAL is on PersistentVolumeClaims. */}}
+{{- define "cunliang.gatewayKind" -}}
+{{- if .Values.gateway.usageWal.persistence.enabled }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
