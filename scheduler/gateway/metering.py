@@ -22,7 +22,8 @@ however long the outage (bench/usage_outage.py). Later flushes store the backlog
 oldest segments first, in inserts of whole segments: a periodic flush stores segments until
 it has stored ``backlog_per_flush`` records, so the catch-up takes a share of the CPU, not
 all of it; ``flush(whole_backlog=True)`` (the usage endpoints, a budget ledger's first
-load, ``stop()``) stores all of it, so that what they read next is complete.
+load, ``stop()``) stores all of it, so that what they read next is complete, in the same
+shares, each with the records queued meanwhile.
 At startup ``replay()`` inserts what the segments hold and deletes them, in the same
 inserts of whole segments. Inserts skip request
 ids already stored (unique column), so a crash between insert and delete never duplicates a
@@ -239,7 +240,13 @@ class UsageWriter:
         records are stored). Serialised: segments are deleted only after every record in
         them is stored."""
         async with self._flush_lock:
-            await self._flush_locked(None if whole_backlog else self._backlog_per_flush)
+            failed = self.failed_flushes
+            await self._flush_locked(self._backlog_per_flush)
+            # the rest of the backlog a share at a time, each time with the records queued
+            # meanwhile (memory holds one share's time of traffic, not the whole catch-up's),
+            # until a share fails: then the rest waits for the next flush
+            while whole_backlog and self._backlog_upto and self.failed_flushes == failed:
+                await self._flush_locked(self._backlog_per_flush)
 
     async def _flush_locked(self, backlog_limit: int | None) -> None:
         if not self._pending and not self._backlog_upto:

@@ -406,6 +406,39 @@ def test_backlog_is_stored_a_slice_at_a_time_and_survives_a_restart(tmp_path: Pa
     assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(14))
 
 
+def test_a_whole_backlog_flush_goes_a_share_at_a_time(tmp_path: Path) -> None:
+    """flush(whole_backlog=True) stores all of the backlog, a share at a time, with the
+    records queued meanwhile; if the database goes again, it stops and the rest waits."""
+    sink = FlakySink(failures=3)
+    calls: list[int] = []
+    store = sink.record_usage
+    sink.record_usage = lambda records: calls.append(len(records)) or store(records)  # type: ignore[method-assign]
+
+    async def run() -> None:
+        writer = UsageWriter(sink, tmp_path / "wal", backlog_per_flush=5)
+        writer.open()
+        for batch in range(3):  # three failed flushes: three segments of four records
+            for i in range(4):
+                writer.submit(_record(batch * 4 + i))
+            await writer.flush()
+        calls.clear()
+        writer.submit(_record(12))
+        await writer.flush(whole_backlog=True)
+        assert writer.pending == 0 and writer.backlog == 0
+        assert calls == [8, 1, 4]  # two segments and the queue, then the third segment
+        for i in range(13, 17):
+            writer.submit(_record(i))
+        sink.failures = 1
+        await writer.flush()  # down again: four more on disk
+        sink.failures = 1  # fails the first share
+        await writer.flush(whole_backlog=True)
+        assert writer.backlog == 4 and writer.failed_flushes == 5
+        await writer.stop()
+
+    asyncio.run(run())
+    assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(17))
+
+
 def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path) -> None:
     """A flush cancelled while its thread inserts (e.g. a usage query's, at shutdown): the
     thread goes on, and its batch is settled (here: failed, so kept as backlog) before the
