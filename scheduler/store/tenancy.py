@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from scheduler.store import Base
@@ -206,10 +207,28 @@ def usage_totals(
     return [(str(m), int(n), int(p), int(c), float(y)) for m, n, p, c, y in rows]
 
 
+# libpq parameters: a database that stops answering (a network partition) fails a usage
+# flush in about a minute, its records then waiting in the WAL as for one that refuses,
+# rather than hanging it for TCP's retransmissions (~15 min) while records pile up in memory
+POSTGRES_NETWORK_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": 10,  # s, per connection attempt
+    "keepalives": 1,
+    "keepalives_idle": 30,  # s without traffic before the first probe
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms that sent data may stay unacknowledged
+}
+
+
 def session_factory(url: str, *, create_tables: bool = False) -> sessionmaker[Session]:
     """A sessionmaker for ``url``; SQLite gets WAL journalling and a busy timeout so the
-    gateway's usage writer and admin reads do not fail on each other's locks."""
-    engine = create_engine(url, pool_pre_ping=True)
+    gateway's usage writer and admin reads do not fail on each other's locks; PostgreSQL
+    gets network timeouts (``POSTGRES_NETWORK_TIMEOUTS``, where the URL does not set them)."""
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {k: v for k, v in POSTGRES_NETWORK_TIMEOUTS.items() if k not in parsed.query}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

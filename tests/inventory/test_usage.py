@@ -17,6 +17,7 @@ from scheduler.store import tenancy as tenancy_store
 from scheduler.store.db import Database, open_database
 from scheduler.store.tenancy import USAGE_COLUMNS, TenantRow, UsageRow, insert_usage
 from scheduler.tenancy import TenancyService, UsageRecord
+from tests.conftest import PostgresServer
 from tests.fakes.inventory import FakeClock
 from tests.inventory.conftest import GUIAN, t4_node
 from tests.inventory.test_service import good_profile
@@ -211,3 +212,21 @@ def test_insert_usage_splits_a_flush_into_statements(db: Database) -> None:
                 dbapi.execute(tenancy_store._insert_sql("?", 7), (0,) * (7 * len(USAGE_COLUMNS)))
         with db.sessions() as session:
             assert session.query(UsageRow).count() == 2 * per + 47
+
+
+@pytest.mark.postgres
+def test_gateway_postgres_connections_give_up_on_a_silent_network(
+    postgres_server: PostgresServer,
+) -> None:
+    """The gateway's sessions reach PostgreSQL with libpq's network timeouts (a partition
+    fails a usage flush in about a minute instead of hanging it); the URL's own win."""
+    url = postgres_server.url("postgres")
+    for query, connect_timeout in (("", "10"), ("?connect_timeout=3", "3")):
+        sessions = tenancy_store.session_factory(url + query)
+        with sessions() as session:
+            raw = session.connection().connection.dbapi_connection
+            params = raw.info.get_parameters()  # type: ignore[union-attr]
+        sessions.kw["bind"].dispose()
+        assert params["connect_timeout"] == connect_timeout
+        assert params["tcp_user_timeout"] == "60000"
+        assert (params["keepalives_idle"], params["keepalives_count"]) == ("30", "3")
