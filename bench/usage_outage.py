@@ -66,6 +66,15 @@ def peak_kib():
     raise RuntimeError("no VmHWM")
 
 
+# records created before `when` (the outage's end) in the database: not the traffic after
+# it, which flushes store alongside shares of the backlog
+def stored_before(when):
+    with sessions() as session:
+        return session.execute(
+            select(func.count()).where(UsageRow.created_at <= when)
+        ).scalar_one()
+
+
 def stored():
     with sessions() as session:
         return session.execute(
@@ -109,12 +118,13 @@ async def main():
     lock.execute("COMMIT")
     lock.close()
     released = time.monotonic()
+    released_at = datetime.now(UTC).replace(tzinfo=None)  # as stored: naive UTC
     owed = submitted  # every record up to the outage's end
     traffic = asyncio.create_task(feed(drain_timeout_s))  # requests go on meanwhile
     drained_s = None
     while time.monotonic() - released < drain_timeout_s:
         await asyncio.sleep(0.2)
-        if await asyncio.to_thread(lambda: stored()[0]) >= owed:
+        if await asyncio.to_thread(stored_before, released_at) >= owed:
             drained_s = time.monotonic() - released
             break
     traffic.cancel()

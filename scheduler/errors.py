@@ -10,6 +10,7 @@
     ├── Forbidden                 key valid but not allowed                 (HTTP 403)
     ├── RateLimited               rate or budget exhausted                  (HTTP 429)
     ├── NoCapacity                no healthy replica / infeasible plan      (HTTP 503)
+    │   └── UsageNotStored        usage records not in the database yet     (HTTP 503)
     └── EngineError               an engine failed to start or crashed
 
 The gateway maps these to OpenAI-format JSON in one handler; the CLI prints
@@ -97,6 +98,13 @@ class NoCapacity(CunliangError):
     def __init__(self, message: str, *, retry_after_s: float = 2.0, fix: str | None = None):
         super().__init__(message, fix=fix)
         self.retry_after_s = retry_after_s
+
+
+class UsageNotStored(NoCapacity):
+    """A gateway's usage records are not all in the database (it is down, or the gateway
+    is storing what waited out an outage): budgets and usage cannot be read exactly."""
+
+    code = "usage_not_stored"
 
 
 class EngineError(CunliangError):

@@ -41,6 +41,7 @@ from scheduler.errors import (
     ModelNotFound,
     NoCapacity,
     PayloadTooLarge,
+    UsageNotStored,
 )
 from scheduler.gateway.clients import UPSTREAM_CLIENTS
 from scheduler.gateway.config import GatewayConfig
@@ -412,23 +413,41 @@ class Gateway:
         ex.permit = self.admission.admit(tenant)
         return True
 
+    async def store_usage(self) -> None:
+        """Store this gateway's usage records now, the backlog of failed flushes included
+        (for up to ``_STORE_USAGE_WAIT_S``), before reading usage from the database; raises
+        UsageNotStored (503) if some are still waiting: the database is down, or the
+        gateway is storing what waited out an outage."""
+        writer = self.writer
+        failed = writer.failed_flushes
+        await writer.flush(whole_backlog=True, within_s=_STORE_USAGE_WAIT_S)
+        if writer.backlog or writer.failed_flushes != failed:
+            raise UsageNotStored(
+                f"{writer.pending} usage records of this gateway are not in the database "
+                "yet, so budgets and usage cannot be read exactly.",
+                retry_after_s=_STORE_USAGE_WAIT_S,
+                fix="retry shortly; if it lasts, the gateway cannot reach its database.",
+            )
+
     async def _load_ledger(self, tenant: Tenant) -> None:
         """A tenant's budget counters from the database, once this gateway's usage records
         are in it (the flush runs once a second: without it, a reload would drop the last
-        second's usage until the next one), the backlog of failed flushes included."""
-        await self.writer.flush(whole_backlog=True)
+        second's usage until the next one), or UsageNotStored."""
+        await self.store_usage()
         await asyncio.to_thread(self.admission.load_ledger, tenant, self.tenancy.usage_since)
 
     async def _reload_ledger(self, tenant: Tenant) -> None:
         """Reload a tenant's budget counters from the database (other gateways' usage).
-        Put off while failed flushes left records on disk: the counters kept in memory count
-        them already, and the periodic flush stores them a share at a time (a load would
-        store all of them at once, or fail while the database is down)."""
+        Put off while failed flushes left records on disk, or when storing them fails: the
+        counters kept in memory count them already, and the periodic flush stores them a
+        share at a time."""
         try:
             if self.writer.backlog:
                 self.admission.keep_ledger(tenant)
             else:
                 await self._load_ledger(tenant)
+        except UsageNotStored:
+            self.admission.keep_ledger(tenant)
         except Exception:  # the old ledger stays; the next request tries again
             log.exception("reloading the budget ledger of tenant %s failed", tenant.name)
         finally:
@@ -860,6 +879,8 @@ class JsonAnswer(Response):
         )
 
 
+# how long a usage read or a budget load waits for this gateway's records to be stored
+_STORE_USAGE_WAIT_S = 5.0
 _NO_FIRST_EVENT = "stream ended before the first event"
 _STREAM_UNFINISHED = "The engine closed the stream before it finished."
 

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import mmap
@@ -131,7 +132,7 @@ class UsageWriter:
         self._backlog = 0  # how many records they hold
         self._backlog_per_flush = backlog_per_flush
         self._in_flight = 0  # records of the batch a flush is storing now
-        self.last_stored_s = time.time()  # when a flush last stored all it tried (or open)
+        self.last_stored_s = time.time()  # when records were last stored (or open)
         self._fd: int | None = None
         self._segment_bytes = segment_bytes
         self._path: Path | None = None  # the current segment
@@ -234,11 +235,13 @@ class UsageWriter:
             except Exception:  # kept in the WAL for the next flush
                 log.exception("usage flush failed")
 
-    async def flush(self, *, whole_backlog: bool = False) -> None:
-        """Move queued records to the database now, after the backlog of failed flushes (all
-        of it with ``whole_backlog``; else whole segments until ``backlog_per_flush``
-        records are stored). Serialised: segments are deleted only after every record in
-        them is stored."""
+    async def flush(self, *, whole_backlog: bool = False, within_s: float | None = None) -> None:
+        """Move queued records to the database now, after the backlog of failed flushes
+        (whole segments until ``backlog_per_flush`` records are stored; with
+        ``whole_backlog``, all of it, or as much as ``within_s`` seconds allow). Serialised:
+        segments are deleted only after every record in them is stored. Failures are
+        logged and counted (``failed_flushes``), not raised: the records wait in the WAL."""
+        deadline = None if within_s is None else time.monotonic() + within_s
         async with self._flush_lock:
             failed = self.failed_flushes
             await self._flush_locked(self._backlog_per_flush)
@@ -246,6 +249,8 @@ class UsageWriter:
             # meanwhile (memory holds one share's time of traffic, not the whole catch-up's),
             # until a share fails: then the rest waits for the next flush
             while whole_backlog and self._backlog_upto and self.failed_flushes == failed:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 await self._flush_locked(self._backlog_per_flush)
 
     async def _flush_locked(self, backlog_limit: int | None) -> None:
@@ -265,42 +270,47 @@ class UsageWriter:
                 await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
                 return
         batch, self._pending = self._pending, []
-        records = self._in_flight = len(batch)
+        self._in_flight = len(batch)
         store = asyncio.ensure_future(
             asyncio.to_thread(self._store, batch, done_upto, closing, backlog_limit)
         )
+        # settled (stored, or backlog) as the thread ends, however this task fares
+        store.add_done_callback(functools.partial(self._settle, len(batch), done_upto))
         del batch  # the thread's (a failed one's stays on disk only)
-        try:
-            # not raising the thread's exception here: a traceback through this frame would
-            # hold the batch until the garbage collector finds the cycle
-            await asyncio.wait([store])  # a cancellation leaves the thread going on
-        except asyncio.CancelledError:
-            # settle its batch (stored, or backlog) before giving up
-            if not store.done():
+        cancelled = False
+        while not store.done():
+            try:
+                # not raising the thread's exception here: a traceback through this frame
+                # would hold the batch until the garbage collector finds the cycle
                 await asyncio.wait([store])
-            self._settle(store, records, done_upto)
-            raise
-        stored = self._settle(store, records, done_upto)
+            except asyncio.CancelledError:
+                # the thread goes on: keep the lock (a flush meanwhile would delete the
+                # batch's segments) until it ends and its batch is settled, then give up
+                cancelled = True
+        await asyncio.sleep(0)  # the done callback runs
+        if cancelled:
+            raise asyncio.CancelledError
+        stored = not store.cancelled() and store.exception() is None
         del store  # its exception's traceback holds the batch: not during the back-off
         if not stored:
             await asyncio.sleep(min(5.0, 0.1 * self.failed_flushes))
 
-    def _settle(self, store: asyncio.Future[bool], records: int, done_upto: int) -> bool:
+    def _settle(self, records: int, done_upto: int, store: asyncio.Future[bool]) -> None:
         """Account for a finished store of ``records`` queued records in segments up to
-        ``done_upto``; False if it failed."""
+        ``done_upto`` (a done callback)."""
         self._in_flight = 0
-        exc = store.exception()
-        if exc is not None:  # the database is down or locked: the records stay in the WAL
+        exc = None if store.cancelled() else store.exception()
+        if store.cancelled() or exc is not None:
+            # the database is down or locked (or the result was lost): the records stay in
+            # the WAL, on disk only: memory stays bounded however long the outage
             self.failed_flushes += 1
             log.error("usage flush of %d records failed; kept in the WAL", records, exc_info=exc)
-            # on disk only: memory stays bounded however long the database is down
             self._backlog_upto = max(self._backlog_upto, done_upto)
             self._backlog += records
-            return False
+            return
         if store.result():  # no backlog left
             self._backlog_upto = self._backlog = 0
         self.last_stored_s = time.time()
-        return True
 
     def _store(
         self,
@@ -417,6 +427,7 @@ class UsageWriter:
             for path in paths:
                 path.unlink(missing_ok=True)
             read += len(records)
+            self.last_stored_s = time.time()  # before the count shows them stored
             self._backlog = max(0, self._backlog - len(records))
             paths.clear()
             records.clear()

@@ -14,7 +14,7 @@ Gateway:
   cunliang_replica_up{replica,model,device_class,site,state}              gauge (1 per replica)
   cunliang_usage_pending_records       gauge, usage records not in the database yet
   cunliang_usage_flush_failures_total  counter, usage flushes that failed
-  cunliang_usage_last_stored_timestamp_seconds  gauge, when a flush last stored its records
+  cunliang_usage_last_stored_timestamp_seconds  gauge, when usage records were last stored
 Runtime / inventory:
   cunliang_device_yuan_per_hour{device_class,site,cost}   gauge, cost = "marginal" | "full"
   cunliang_device_watts{device_class,site,source}         gauge, source = "nvml" | "rapl" | "tdp"
@@ -132,8 +132,8 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         usage_last_stored=Gauge(
             "cunliang_usage_last_stored_timestamp_seconds",
-            "When a usage flush last stored all it tried (or the gateway started): with "
-            "records pending, an old one means flushes fail or hang.",
+            "When usage records were last stored in the database (or the gateway started): "
+            "with records pending, an old one means flushes fail or hang.",
             registry=registry,
         ),
         device_yuan_per_hour=Gauge(

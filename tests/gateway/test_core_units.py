@@ -470,6 +470,56 @@ def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path) ->
     assert sorted(sink.stored) == ["req-0", "req-1"]
 
 
+def test_a_flush_cancelled_twice_still_settles_its_batch(tmp_path: Path) -> None:
+    """Cancelled again while it waits for its thread, a flush still waits, with the lock
+    held, and settles the batch before giving up: nothing is lost."""
+
+    class SlowFlakySink(FlakySink):
+        def record_usage(self, records: list[UsageRecord]) -> int:
+            time.sleep(0.2)
+            return super().record_usage(records)
+
+    sink = SlowFlakySink(failures=1)
+
+    async def run() -> None:
+        writer = UsageWriter(sink, tmp_path / "wal")
+        writer.open()
+        writer.submit(_record(0))
+        flush = asyncio.create_task(writer.flush())
+        await asyncio.sleep(0.05)
+        flush.cancel()
+        await asyncio.sleep(0.05)
+        flush.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flush
+        assert writer.backlog == 1 and writer.failed_flushes == 1
+        writer.submit(_record(1))
+        await writer.flush()
+        await writer.stop()
+
+    asyncio.run(run())
+    assert sorted(sink.stored) == ["req-0", "req-1"]
+
+
+def test_a_whole_backlog_flush_stops_at_its_time_limit(tmp_path: Path) -> None:
+    sink = FlakySink(failures=3)
+
+    async def run() -> None:
+        writer = UsageWriter(sink, tmp_path / "wal", backlog_per_flush=4)
+        writer.open()
+        for batch in range(3):  # three failed flushes: three segments of four records
+            for i in range(4):
+                writer.submit(_record(batch * 4 + i))
+            await writer.flush()
+        await writer.flush(whole_backlog=True, within_s=0.0)  # one share, then the limit
+        assert writer.backlog == 8 and len(sink.stored) == 4
+        await writer.flush(whole_backlog=True)
+        assert writer.backlog == 0 and len(sink.stored) == 12
+        await writer.stop()
+
+    asyncio.run(run())
+
+
 def test_wal_lines_round_trip_and_older_object_lines_still_replay() -> None:
     record = dataclasses.replace(
         _record(3), model='we"ird\nmodel', ttft_ms=12.5, stream=True, key_id=None

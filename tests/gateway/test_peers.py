@@ -250,9 +250,56 @@ def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path
             with pytest.raises(RateLimited, match="daily token budget"):
                 gateway.admission.admit(tenant)
             assert gateway.writer.backlog == 1  # the reload did not read the database
-            gateway.admission._tenants.clear()  # e.g. limits changed: a first load
+            gateway.admission._tenants.clear()  # as after a restart: a first load
             await gateway._load_ledger(tenant)
             assert gateway.writer.pending == 0
+            with pytest.raises(RateLimited, match="daily token budget"):
+                gateway.admission.admit(tenant)
+        finally:
+            await gateway.shutdown()
+
+    asyncio.run(run())
+
+
+def test_budget_ledger_is_kept_when_storing_usage_fails(tmp_path: Path) -> None:
+    """A reload whose flush fails (the database refuses the insert) keeps the counters in
+    memory, which count the records that failed, rather than loading the database's,
+    which do not; a usage read or a first load answers 503 meanwhile."""
+    from scheduler.errors import UsageNotStored
+    from scheduler.tenancy import UsageRecord
+
+    tenancy, tenant, gateway = _budgeted_gateway(tmp_path)
+
+    class InsertsFail:
+        def record_usage(self, records: object) -> int:
+            raise OSError("the database refuses inserts")
+
+    async def run() -> None:
+        await gateway.startup()
+        try:
+            now = datetime.now(UTC)
+            gateway.writer.submit(
+                UsageRecord("req-1", tenant.id, None, MODEL, 200, now, completion_tokens=25)
+            )
+            await gateway._load_ledger(tenant)  # 25 of 30 stored
+            gateway.writer.submit(
+                UsageRecord("req-2", tenant.id, None, MODEL, 200, now, completion_tokens=5)
+            )
+            gateway.admission.on_recorded(tenant.id, now, 5, 0.0)  # 30 of 30 in memory
+            gateway.writer._sink = InsertsFail()
+            assert gateway.writer.backlog == 0  # the reload's own flush is what fails
+            await gateway._reload_ledger(tenant)
+            with pytest.raises(RateLimited, match="daily token budget"):
+                gateway.admission.admit(tenant)
+            assert gateway.writer.backlog == 1
+            with pytest.raises(UsageNotStored) as refused:
+                await gateway.store_usage()  # as GET /v1/usage does
+            assert refused.value.status_code == 503 and refused.value.retry_after_s >= 1
+            gateway.admission._tenants.clear()  # as after a restart: a first load
+            with pytest.raises(UsageNotStored):
+                await gateway._load_ledger(tenant)
+            gateway.writer._sink = tenancy
+            await gateway._load_ledger(tenant)
             with pytest.raises(RateLimited, match="daily token budget"):
                 gateway.admission.admit(tenant)
         finally:

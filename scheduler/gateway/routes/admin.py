@@ -79,7 +79,7 @@ def admin_router(admin_token: str) -> APIRouter:
         until: Annotated[datetime | None, Query()] = None,
     ) -> UsageOut:
         start, end = window(period, since, until, gateway.wall_clock())
-        await gateway.writer.flush(whole_backlog=True)
+        await gateway.store_usage()
         summary = await asyncio.to_thread(gateway.tenancy.usage_summary, name, start, end)
         return usage_out(summary)
 

@@ -63,8 +63,7 @@ async def my_usage(
     until: Annotated[datetime | None, Query()] = None,
 ) -> UsageOut:
     start, end = window(period, since, until, gateway.wall_clock())
-    # records of completed requests are visible at once (a failed flushes' backlog too)
-    await gateway.writer.flush(whole_backlog=True)
+    await gateway.store_usage()  # records of completed requests are visible at once
     summary = await asyncio.to_thread(
         gateway.tenancy.usage_summary, principal.tenant.name, start, end
     )
