@@ -219,6 +219,12 @@ def test_gateway_command_probes_and_service(
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": "http"}
+    # room to store the usage WAL before listening, and to store it when stopping
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 90
+    assert pod["securityContext"]["fsGroup"] == 10001  # the WAL claim is writable
     internal = one(objects, "Service", "cunliang-gateway-internal")
     assert internal["spec"]["publishNotReadyAddresses"] is True
     assert internal["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -405,6 +411,15 @@ def test_monitors_scrape_gateway_and_ray_pods(fleet: list[dict[str, Any]]) -> No
     monitor = one(fleet, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    # one of the gateway's two Services (the one with every pod, ready or not): each pod
+    # is scraped once, not once per Service
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [
+        o["metadata"]["name"]
+        for o in find(fleet, "Service")
+        if selector.items() <= o["metadata"]["labels"].items()
+    ]
+    assert scraped == ["cunliang-gateway-internal"]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     pods = one(fleet, "PodMonitor")
     assert pods["spec"]["selector"] == {"matchLabels": {"ray.io/cluster": "cunliang"}}

@@ -13,7 +13,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from tests.deploy.chart import ROOT, fleet_values, render
+from tests.deploy.chart import ROOT, fleet_values, one, render
 
 DOCKER = ROOT / "deploy" / "docker"
 FLAVOURS = ("cpu", "cuda")
@@ -71,7 +71,7 @@ def test_final_stage_runs_as_the_non_root_uid_the_chart_uses(flavour: str) -> No
     stage = final_stage(flavour)
     assert value(stage, "USER") == ("10001:10001",)
     assert "useradd --uid 10001 --gid 10001" in runs(stage)
-    gateway = next(o for o in render(None) if o["metadata"]["name"] == "cunliang-gateway")
+    gateway = one(render(None), "StatefulSet", "cunliang-gateway")
     pod = gateway["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["runAsNonRoot"] is True
