@@ -22,6 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check behaviour, not speed: no per-example deadline (hypothesis's default
+# 200 ms failed a schema property test once on a busy two-core machine). Timing lives in
+# bench/.
+settings.register_profile("cunliang", deadline=None)
+settings.load_profile("cunliang")
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 

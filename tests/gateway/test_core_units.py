@@ -383,16 +383,21 @@ def test_records_of_failed_flushes_wait_on_disk_not_in_memory(
     assert not [p for p in (tmp_path / "wal").glob("usage-*.wal") if p.stat().st_size]
 
 
+async def _fail_three_flushes(writer: UsageWriter) -> None:
+    """Records req-0..req-11, four per flush, each flush failing (the sink's first three)."""
+    for batch in range(3):
+        for i in range(4):
+            writer.submit(_record(batch * 4 + i))
+        await writer.flush()
+
+
 def test_backlog_is_stored_a_slice_at_a_time_and_survives_a_restart(tmp_path: Path) -> None:
     sink = FlakySink(failures=3)
 
     async def run() -> None:
         writer = UsageWriter(sink, tmp_path / "wal", backlog_per_flush=5)
         writer.open()
-        for batch in range(3):  # three failed flushes: three segments of four records
-            for i in range(4):
-                writer.submit(_record(batch * 4 + i))
-            await writer.flush()
+        await _fail_three_flushes(writer)  # three segments of four records
         assert writer.pending == 12
         writer.submit(_record(12))
         writer.submit(_record(13))
@@ -417,10 +422,7 @@ def test_a_whole_backlog_flush_goes_a_share_at_a_time(tmp_path: Path) -> None:
     async def run() -> None:
         writer = UsageWriter(sink, tmp_path / "wal", backlog_per_flush=5)
         writer.open()
-        for batch in range(3):  # three failed flushes: three segments of four records
-            for i in range(4):
-                writer.submit(_record(batch * 4 + i))
-            await writer.flush()
+        await _fail_three_flushes(writer)  # three segments of four records
         calls.clear()
         writer.submit(_record(12))
         await writer.flush(whole_backlog=True)
@@ -439,16 +441,19 @@ def test_a_whole_backlog_flush_goes_a_share_at_a_time(tmp_path: Path) -> None:
     assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(17))
 
 
-def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path) -> None:
+class SlowFlakySink(FlakySink):
+    def record_usage(self, records: list[UsageRecord]) -> int:
+        time.sleep(0.2)
+        return super().record_usage(records)
+
+
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path, cancels: int) -> None:
     """A flush cancelled while its thread inserts (e.g. a usage query's, at shutdown): the
     thread goes on, and its batch is settled (here: failed, so kept as backlog) before the
-    cancellation goes on; the next flush does not delete the segment that holds it."""
-
-    class SlowFlakySink(FlakySink):
-        def record_usage(self, records: list[UsageRecord]) -> int:
-            time.sleep(0.2)
-            return super().record_usage(records)
-
+    cancellation goes on; the next flush does not delete the segment that holds it.
+    Cancelled again while it waits for its thread, a flush still waits, with the lock held,
+    and settles the batch before giving up: nothing is lost."""
     sink = SlowFlakySink(failures=1)
 
     async def run() -> None:
@@ -458,38 +463,9 @@ def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path) ->
         flush = asyncio.create_task(writer.flush())
         await asyncio.sleep(0.05)
         assert writer.pending == 1  # being stored still counts
-        flush.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await flush
-        assert writer.backlog == 1 and writer.failed_flushes == 1
-        writer.submit(_record(1))
-        await writer.flush()
-        await writer.stop()
-
-    asyncio.run(run())
-    assert sorted(sink.stored) == ["req-0", "req-1"]
-
-
-def test_a_flush_cancelled_twice_still_settles_its_batch(tmp_path: Path) -> None:
-    """Cancelled again while it waits for its thread, a flush still waits, with the lock
-    held, and settles the batch before giving up: nothing is lost."""
-
-    class SlowFlakySink(FlakySink):
-        def record_usage(self, records: list[UsageRecord]) -> int:
-            time.sleep(0.2)
-            return super().record_usage(records)
-
-    sink = SlowFlakySink(failures=1)
-
-    async def run() -> None:
-        writer = UsageWriter(sink, tmp_path / "wal")
-        writer.open()
-        writer.submit(_record(0))
-        flush = asyncio.create_task(writer.flush())
-        await asyncio.sleep(0.05)
-        flush.cancel()
-        await asyncio.sleep(0.05)
-        flush.cancel()
+        for _ in range(cancels):
+            flush.cancel()
+            await asyncio.sleep(0.05)
         with pytest.raises(asyncio.CancelledError):
             await flush
         assert writer.backlog == 1 and writer.failed_flushes == 1
@@ -507,10 +483,7 @@ def test_a_whole_backlog_flush_stops_at_its_time_limit(tmp_path: Path) -> None:
     async def run() -> None:
         writer = UsageWriter(sink, tmp_path / "wal", backlog_per_flush=4)
         writer.open()
-        for batch in range(3):  # three failed flushes: three segments of four records
-            for i in range(4):
-                writer.submit(_record(batch * 4 + i))
-            await writer.flush()
+        await _fail_three_flushes(writer)  # three segments of four records
         await writer.flush(whole_backlog=True, within_s=0.0)  # one share, then the limit
         assert writer.backlog == 8 and len(sink.stored) == 4
         await writer.flush(whole_backlog=True)

@@ -216,6 +216,13 @@ def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None
     asyncio.run(run())
 
 
+class _InsertsFail:
+    """A usage sink whose every insert fails (the database down or refusing writes)."""
+
+    def record_usage(self, records: object) -> int:
+        raise OSError("the database refuses inserts")
+
+
 def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path: Path) -> None:
     """Records a failed flush left on disk are not in the database yet, and the counters in
     memory count them already: a reload is put off while they wait (it would store the
@@ -224,10 +231,6 @@ def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path
     from scheduler.tenancy import UsageRecord
 
     tenancy, tenant, gateway = _budgeted_gateway(tmp_path)
-
-    class DatabaseDown:
-        def record_usage(self, records: object) -> int:
-            raise OSError("database is down")
 
     def used(request_id: str, tokens: int) -> None:  # as Gateway.finish records a request
         now = datetime.now(UTC)
@@ -242,7 +245,7 @@ def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path
             used("req-1", 25)
             await gateway._load_ledger(tenant)  # 25 of 30
             used("req-2", 5)  # 30 of 30
-            gateway.writer._sink = DatabaseDown()
+            gateway.writer._sink = _InsertsFail()
             await gateway.writer.flush()
             assert gateway.writer.backlog == 1
             gateway.writer._sink = tenancy  # back, but the record waits for the next flush
@@ -270,10 +273,6 @@ def test_budget_ledger_is_kept_when_storing_usage_fails(tmp_path: Path) -> None:
 
     tenancy, tenant, gateway = _budgeted_gateway(tmp_path)
 
-    class InsertsFail:
-        def record_usage(self, records: object) -> int:
-            raise OSError("the database refuses inserts")
-
     async def run() -> None:
         await gateway.startup()
         try:
@@ -286,7 +285,7 @@ def test_budget_ledger_is_kept_when_storing_usage_fails(tmp_path: Path) -> None:
                 UsageRecord("req-2", tenant.id, None, MODEL, 200, now, completion_tokens=5)
             )
             gateway.admission.on_recorded(tenant.id, now, 5, 0.0)  # 30 of 30 in memory
-            gateway.writer._sink = InsertsFail()
+            gateway.writer._sink = _InsertsFail()
             assert gateway.writer.backlog == 0  # the reload's own flush is what fails
             await gateway._reload_ledger(tenant)
             with pytest.raises(RateLimited, match="daily token budget"):
