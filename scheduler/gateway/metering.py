@@ -24,16 +24,18 @@ it has stored ``backlog_per_flush`` records, so the catch-up takes a share of th
 all of it; ``flush(whole_backlog=True)`` (the usage endpoints, a budget ledger's first
 load, ``stop()``) stores all of it, so that what they read next is complete, in the same
 shares, each with the records queued meanwhile.
-At startup ``replay()`` inserts what the segments hold and deletes them, in the same
-inserts of whole segments. Inserts skip request
-ids already stored (unique column), so a crash between insert and delete never duplicates a
-record, and a SIGKILL never loses one whose response completed (the page cache survives the
-process; ``fsync=True`` covers power loss). A segment's unused tail reads as NUL bytes,
-which replay skips (a JSON line never holds one), as it skips a page of them that the
-kernel had not written back when the machine went down. ``mapped=False``
-(``CUNLIANG_GATEWAY_WAL_MMAP=false``) appends with ``write(2)`` everywhere: for file
-systems whose ``fallocate`` reserves nothing (ZFS, NFS), where a full disk would surface
-at write-back rather than in ``submit``.
+At startup ``open()`` takes the segments a previous process left (a crash, or a stop while
+the database was down) as backlog, counting their lines, and the flushes store them as they
+store any backlog, while the gateway serves: a gateway back after a long outage listens in
+seconds, not after minutes of inserts (what reads usage or budgets waits for them as above).
+Inserts skip request ids already stored (unique column), so a crash between insert and
+delete never duplicates a record, and a SIGKILL never loses one whose response completed
+(the page cache survives the process; ``fsync=True`` covers power loss). A segment's
+unused tail reads as NUL bytes, which reading a segment skips (a JSON line never holds
+one), as it skips a page of them that the kernel had not written back when the machine
+went down. ``mapped=False`` (``CUNLIANG_GATEWAY_WAL_MMAP=false``) appends with
+``write(2)`` everywhere: for file systems whose ``fallocate`` reserves nothing (ZFS, NFS),
+where a full disk would surface at write-back rather than in ``submit``.
 
 One gateway process per WAL directory (enforced with an flock).
 """
@@ -66,7 +68,7 @@ log = logging.getLogger(__name__)
 _SEGMENT_GLOB = "usage-*.wal"
 # a mapped segment's reserved size (~4,000 records; a full one makes way for the next)
 SEGMENT_BYTES = 1 << 20
-_DRAIN_CHUNK = 20_000  # records per insert when the backlog or a replay is stored
+_DRAIN_CHUNK = 20_000  # records per insert when the backlog is stored
 _FIELDS = {f.name for f in fields(UsageRecord)}
 
 
@@ -75,7 +77,7 @@ class UsageSink(Protocol):
 
 
 # a WAL line is a JSON array of the record's fields in this order (a third of the CPU of a
-# JSON object with keys); lines written as objects by older gateways still replay
+# JSON object with keys); lines written as objects by older gateways still read
 _ORDER = tuple(f.name for f in fields(UsageRecord))
 
 
@@ -150,8 +152,9 @@ class UsageWriter:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def open(self) -> int:
-        """Lock the directory, replay leftover segments into the sink, open a fresh segment.
-        Returns the number of records the replay inserted (blocking; call before serving)."""
+        """Lock the directory, take the segments a previous process left as backlog (stored
+        by the flushes that follow, oldest first), open a fresh segment. Returns how many
+        records those segments hold (blocking: it reads them; call before serving)."""
         self._dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self._dir / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -161,10 +164,10 @@ class UsageWriter:
                 f"Usage WAL directory {self._dir} is in use by another gateway.",
                 fix="give each gateway process its own data dir.",
             ) from exc
-        inserted = self._replay()
+        found = self._adopt_leftovers()
         self._open_segment()
         self.last_stored_s = time.time()
-        return inserted
+        return found
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
@@ -445,13 +448,24 @@ class UsageWriter:
         store()
         return read, inserted, True
 
-    def _replay(self) -> int:
+    def _adopt_leftovers(self) -> int:
+        """Make the segments left by a previous process the backlog. Their records are
+        counted by line ends, not parsed: a torn or NUL-holed line counts but is not a record,
+        so the count can only run high, and it is set right once the backlog is stored."""
         segments = self._segments()
         self._seq = _segment_seq(segments[-1]) if segments else 0
-        read, inserted, _ = self._drain(self._seq)
-        if read:
-            log.info("replayed %d usage records from the WAL, %d new", read, inserted)
-        return inserted
+        lines = sum(path.read_bytes().count(b"\n") for path in segments)
+        if lines:
+            self._backlog_upto, self._backlog = self._seq, lines
+            log.info(
+                "usage WAL: %d records left by a previous run (%d segments); storing them "
+                "while serving",
+                lines,
+                len(segments),
+            )
+        else:  # empty leftovers (a clean stop's truncated segment): nothing to store
+            self._delete_segments(upto=self._seq)
+        return lines
 
 
 def _read_segment(path: Path) -> list[UsageRecord]:

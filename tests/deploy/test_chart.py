@@ -219,9 +219,9 @@ def test_gateway_command_probes_and_service(
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": "http"}
-    # room to store the usage WAL before listening, and to store it when stopping
+    # room to read the usage WAL before listening, and to store it when stopping
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 120
     pod = deployment["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 90
     assert pod["securityContext"]["fsGroup"] == 10001  # the WAL claim is writable

@@ -184,10 +184,24 @@ def test_wal_replay_after_crash_inserts_once(tmp_path: Path) -> None:
 
     asyncio.run(crash_after_submit())
     again = UsageWriter(tenancy, tmp_path / "wal")
-    assert again.open() == 3  # 0 and 1 were stored already
+    assert again.open() == 5  # left on disk, taken as backlog: open() stores nothing
+    assert again.backlog == again.pending == 5
+    assert tenancy.usage_summary("t", datetime(2025, 1, 1, tzinfo=UTC)).by_model[0].requests == 2
+    asyncio.run(again.stop())  # the flushes store it (here: stop's)
+    assert again.backlog == 0
     summary = tenancy.usage_summary("t", datetime(2025, 1, 1, tzinfo=UTC))
     assert summary.by_model[0].requests == 5
     assert summary.by_model[0].completion_tokens == sum(range(5))
+
+
+def _store_leftovers(sink: Any, wal: Path) -> int:
+    """A new writer on ``wal``: how many records open() found there, stored as backlog by the
+    writer's flushes (here: stop's)."""
+    writer = UsageWriter(sink, wal)
+    found = writer.open()
+    asyncio.run(writer.stop())
+    assert writer.pending == 0
+    return found
 
 
 def _crash(writer: UsageWriter) -> None:
@@ -217,6 +231,8 @@ def test_wal_segments_are_reserved_mapped_and_cut_if_they_outlive_a_flush(
     _crash(writer)
     again = UsageWriter(sink, tmp_path / "wal")
     assert again.open() == 5  # the reserved NUL tails are not records
+    asyncio.run(again.flush())
+    assert again.backlog == 0
     assert sorted(sink.stored) == [f"req-{i}" for i in range(5)]
     assert len(list((tmp_path / "wal").glob("usage-*.wal"))) == 1  # the rest: replayed, deleted
     writer = UsageWriter(sink, tmp_path / "wal2", segment_bytes=size)
@@ -250,7 +266,7 @@ def test_wal_appends_with_write_where_space_cannot_be_reserved(
         len(encode(_record(2))) if failure != errno.ENOSPC else 1 << 20
     )
     _crash(writer)
-    assert UsageWriter(sink, tmp_path / "wal").open() == 1
+    assert _store_leftovers(sink, tmp_path / "wal") == 1
     assert sorted(sink.stored) == ["req-1", "req-2"]
 
 
@@ -294,7 +310,7 @@ def test_replay_skips_a_page_lost_in_the_middle_of_a_segment(tmp_path: Path) -> 
         lines[0] + hole + lines[2] + b"\0" * 100
     )
     sink = FlakySink(failures=0)
-    assert UsageWriter(sink, tmp_path / "wal").open() == 2
+    assert _store_leftovers(sink, tmp_path / "wal") == 2  # by line ends: two
     assert sorted(sink.stored) == ["req-0", "req-2"]
 
 
@@ -404,10 +420,10 @@ def test_backlog_is_stored_a_slice_at_a_time_and_survives_a_restart(tmp_path: Pa
         await writer.flush()  # whole segments until 5 records: two of them, then the queue
         assert sorted(sink.stored) == sorted(f"req-{i}" for i in [*range(8), 12, 13])
         assert writer.pending == 4
-        _crash(writer)  # the rest is on disk only, and the replay stores it
+        _crash(writer)  # the rest is on disk only: the next process's backlog
 
     asyncio.run(run())
-    assert UsageWriter(sink, tmp_path / "wal").open() == 4
+    assert _store_leftovers(sink, tmp_path / "wal") == 4
     assert sorted(sink.stored) == sorted(f"req-{i}" for i in range(14))
 
 

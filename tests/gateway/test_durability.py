@@ -1,5 +1,5 @@
 """kill -9 the gateway (a real subprocess) under load: no completed request's usage record is
-lost or duplicated; the WAL is replayed at the next start."""
+lost or duplicated; the next process stores what the WAL holds."""
 
 from __future__ import annotations
 
@@ -129,8 +129,16 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         with sessions() as session:
             before_replay = session.scalar(select(func.count(UsageRow.id))) or 0
 
-        proc = start_gateway(tmp_path, port, replicas_file)  # replays the WAL
+        # the WAL it left is the new process's backlog: it serves at once, and stores the
+        # backlog while serving; a usage read stores all of it first
+        proc = start_gateway(tmp_path, port, replicas_file)
         try:
+            usage = httpx.get(
+                f"http://127.0.0.1:{port}/v1/usage",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            assert usage.status_code == 200, usage.text
             with sessions() as session:
                 ids = list(session.scalars(select(UsageRow.request_id)))
                 total = session.scalar(select(func.count(UsageRow.id)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -208,6 +209,42 @@ def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None
                 )
             )
             await gateway._load_ledger(tenant)  # the reload, as every 10 s
+            with pytest.raises(RateLimited, match="daily token budget"):
+                gateway.admission.admit(tenant)
+        finally:
+            await gateway.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_restarted_gateway_stores_its_wal_while_serving_and_budgets_count_it(
+    tmp_path: Path,
+) -> None:
+    """Records a killed gateway left in its WAL are the next process's backlog: startup only
+    counts them (it serves at once) and a budget's first load stores them first, so they
+    count against the budget."""
+    from scheduler.gateway.metering import UsageWriter
+    from scheduler.tenancy import UsageRecord
+
+    tenancy, tenant, gateway = _budgeted_gateway(tmp_path)
+    previous = UsageWriter(tenancy, tmp_path / "gw" / "usage-wal")
+    previous.open()
+    for i in range(3):
+        previous.submit(
+            UsageRecord(
+                f"req-{i}", tenant.id, None, MODEL, 200, datetime.now(UTC), completion_tokens=10
+            )
+        )
+    assert previous._lock_fd is not None
+    os.close(previous._lock_fd)  # killed: no flush, the kernel drops its lock
+
+    async def run() -> None:
+        await gateway.startup()
+        try:
+            assert gateway.writer.backlog == 3  # counted, not stored yet
+            assert tenancy.usage_since(tenant.id, datetime.now(UTC) - timedelta(days=1)) == (0, 0.0)
+            await gateway._load_ledger(tenant)  # stores them, then reads 30 of 30
+            assert gateway.writer.pending == 0
             with pytest.raises(RateLimited, match="daily token budget"):
                 gateway.admission.admit(tenant)
         finally:
