@@ -13,12 +13,16 @@ passes), records going on at the same rate meanwhile.
 Measured per run: the process's peak resident memory above its level before the outage
 (``VmHWM`` from /proc), the seconds from the lock's release until every record is stored,
 and whether each record was stored exactly once; for each outage length in ``--outage-s``
-(memory that grows with the outage's length is unbounded). With ``--compare-repo`` the
+(memory that grows with the outage's length is unbounded). Then a restart: a writer is
+killed (no flush, its lock dropped) with ``--restart-records`` records in its WAL, as a
+gateway killed after a long outage, and a new one opens the same directory: measured, the
+seconds until ``open()`` returns (a gateway listens after it) and until every record is
+stored (the new writer's flushes, once a second, a share each). With ``--compare-repo`` the
 same runs use another checkout's writer too (e.g. the commit before the backlog), in the
 same invocation, alternating.
 
     PYTHONPATH=$PWD .venv/bin/python bench/usage_outage.py [--rate 4500] [--outage-s 30,90]
-        [--compare-repo <checkout>]
+        [--restart-records 400000] [--compare-repo <checkout>]
 
 Writes bench/results/usage_outage.json.
 """
@@ -142,6 +146,76 @@ asyncio.run(main())
 """
 
 
+_RESTART = r"""
+import asyncio, json, os, sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from sqlalchemy import func, select
+from scheduler.gateway.config import GatewayConfig
+from scheduler.gateway.metering import UsageWriter
+from scheduler.settings import Settings
+from scheduler.store.tenancy import UsageRow, session_factory
+from scheduler.tenancy import TenancyService, UsageRecord
+
+tmp, records = Path(sys.argv[1]), int(sys.argv[2])
+sessions = session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True)
+tenancy = TenancyService(sessions)
+tenant = tenancy.create_tenant("bench")
+config = GatewayConfig.from_settings(Settings(data_dir=tmp))
+killed = UsageWriter(tenancy, tmp / "wal")
+killed.open()
+for i in range(records):
+    killed.submit(UsageRecord(
+        request_id=f"req-{i:x}", tenant_id=tenant.id, key_id="k", model="demo", status=200,
+        created_at=datetime.now(UTC), quant="fp32", replica_id="r0", device_class="cpu",
+        site="local", prompt_tokens=12, completion_tokens=4, ttft_ms=None, latency_ms=1.5,
+        cost_yuan=1e-7, stream=False,
+    ))
+os.close(killed._lock_fd)  # killed: no flush; the kernel drops its lock
+
+
+def count():
+    with sessions() as session:
+        return session.execute(
+            select(func.count(), func.count(func.distinct(UsageRow.request_id)))
+        ).one()
+
+
+async def main():
+    started = time.monotonic()
+    writer = UsageWriter(
+        tenancy, tmp / "wal", batch_max=config.usage_batch_max,
+        flush_interval_s=config.usage_flush_interval_s,
+    )
+    await asyncio.to_thread(writer.open)  # as Gateway.startup, before it listens
+    ready_s = time.monotonic() - started
+    await writer.start()
+    while (await asyncio.to_thread(count))[1] < records:
+        await asyncio.sleep(0.2)
+    stored_s = time.monotonic() - started
+    await writer.stop()
+    rows, distinct = count()
+    print(json.dumps({
+        "ready_s": ready_s, "stored_s": stored_s, "lost": records - distinct,
+        "duplicated": rows - distinct,
+    }))
+
+
+asyncio.run(main())
+"""
+
+
+def restart(repo: Path, records: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="cl-restart-") as tmp:
+        out = subprocess.run(
+            [sys.executable, "-c", _RESTART, tmp, str(records)],
+            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+            capture_output=True, text=True, check=True, timeout=1800,
+        )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def run(repo: Path, args: argparse.Namespace, outage_s: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="cl-outage-") as tmp:
         out = subprocess.run(
@@ -160,12 +234,15 @@ def main() -> int:
     parser.add_argument("--up-s", type=float, default=5.0, help="seconds before the outage")
     parser.add_argument("--outage-s", default="30,90", help="outage lengths, comma-separated")
     parser.add_argument("--drain-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--restart-records", type=int, default=400_000, help="WAL records at the restart (0: skip)"
+    )
     parser.add_argument("--compare-repo", type=Path, help="baseline checkout, run the same way")
     args = parser.parse_args()
     runs = {"writer": REPO}
     if args.compare_repo is not None:
         runs["baseline"] = args.compare_repo.resolve()
-    outages = [float(x) for x in args.outage_s.split(",")]
+    outages = [float(x) for x in args.outage_s.split(",") if x]
     metrics: dict[str, float] = {}
     for outage_s in outages:
         for name, repo in runs.items():
@@ -183,6 +260,19 @@ def main() -> int:
             metrics[f"outage{outage_s:.0f}s_peak_memory_writer_over_baseline_ratio"] = round(
                 metrics[f"writer_{key}"] / max(0.1, metrics[f"baseline_{key}"]), 3
             )
+    for name, repo in runs.items() if args.restart_records else ():
+        r = restart(repo, args.restart_records)
+        print(f"restart, {name}: {r}", file=sys.stderr)
+        metrics[f"{name}_restart_listening_after_ms"] = round(r["ready_s"] * 1000, 1)
+        metrics[f"{name}_restart_all_stored_after_s"] = round(r["stored_s"], 1)
+        metrics[f"{name}_restart_records_lost"] = r["lost"]
+        metrics[f"{name}_restart_records_duplicated"] = r["duplicated"]
+    if args.restart_records and "baseline" in runs:
+        metrics["restart_listening_writer_over_baseline_ratio"] = round(
+            metrics["writer_restart_listening_after_ms"]
+            / max(0.1, metrics["baseline_restart_listening_after_ms"]),
+            4,
+        )
     path = write_result(
         "usage_outage",
         metrics,
@@ -191,6 +281,7 @@ def main() -> int:
             "up_s": args.up_s,
             "outage_s": outages,
             "database": "SQLite (WAL mode, busy timeout 10 s), write lock held during the outage",
+            "restart_records": args.restart_records,
             "baseline": str(args.compare_repo) if args.compare_repo else None,
         },
     )
