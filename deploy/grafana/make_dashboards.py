@@ -455,10 +455,20 @@ b.add(
     "Usage records waiting for the database",
     [("instance:cunliang_usage_pending_records:sum", "{{instance}}")],
     "none",
-    w=24,
+    w=12,
     description="Per gateway: usage records not stored yet. A second's worth is normal (the "
     "flush runs once a second); a rising line means the database refuses the flushes and "
     "the records wait in the gateway's write-ahead log (alert CunliangUsageNotStored).",
+)
+b.add(
+    "timeseries",
+    "Room left for the usage write-ahead log",
+    [("instance:cunliang_usage_wal_volume_available:ratio", "{{instance}}")],
+    "percentunit",
+    w=12,
+    description="Per gateway: the share of its write-ahead log's file system still free. "
+    "Records of a database outage wait there, about 250 bytes each; once it is full no usage "
+    "record can be written (alert CunliangUsageWalVolumeFilling).",
 )
 tenants = dashboard(
     "cunliang-tenant-usage",

@@ -221,6 +221,15 @@ class UsageWriter:
         by failed flushes."""
         return len(self._pending) + self._in_flight + self._backlog
 
+    def volume(self) -> tuple[int, int] | None:
+        """(size, bytes available to this process) of the WAL's file system; None if it
+        cannot be read."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return None
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
     @property
     def backlog(self) -> int:
         """Records that failed flushes left on disk and no flush has stored yet."""

@@ -15,6 +15,7 @@ Gateway:
   cunliang_usage_pending_records       gauge, usage records not in the database yet
   cunliang_usage_flush_failures_total  counter, usage flushes that failed
   cunliang_usage_last_stored_timestamp_seconds  gauge, when usage records were last stored
+  cunliang_usage_wal_volume_size_bytes / _available_bytes  gauges, the usage WAL's file system
 Runtime / inventory:
   cunliang_device_yuan_per_hour{device_class,site,cost}   gauge, cost = "marginal" | "full"
   cunliang_device_watts{device_class,site,source}         gauge, source = "nvml" | "rapl" | "tdp"
@@ -55,6 +56,8 @@ class Metrics:
     usage_pending: Gauge
     usage_flush_failures: Counter
     usage_last_stored: Gauge
+    usage_wal_volume_size: Gauge
+    usage_wal_volume_available: Gauge
     device_yuan_per_hour: Gauge
     device_watts: Gauge
     devices: Gauge
@@ -134,6 +137,17 @@ def create_metrics(registry: CollectorRegistry) -> Metrics:
             "cunliang_usage_last_stored_timestamp_seconds",
             "When usage records were last stored in the database (or the gateway started): "
             "with records pending, an old one means flushes fail or hang.",
+            registry=registry,
+        ),
+        usage_wal_volume_size=Gauge(
+            "cunliang_usage_wal_volume_size_bytes",
+            "Size of the file system that holds the gateway's usage write-ahead log.",
+            registry=registry,
+        ),
+        usage_wal_volume_available=Gauge(
+            "cunliang_usage_wal_volume_available_bytes",
+            "Bytes the gateway may still write on the file system of its usage write-ahead "
+            "log (records of a database outage wait there).",
             registry=registry,
         ),
         device_yuan_per_hour=Gauge(

@@ -27,6 +27,8 @@ CONTRACT = {
     "cunliang_usage_pending_records",
     "cunliang_usage_flush_failures_total",
     "cunliang_usage_last_stored_timestamp_seconds",
+    "cunliang_usage_wal_volume_size_bytes",
+    "cunliang_usage_wal_volume_available_bytes",
     "cunliang_device_yuan_per_hour",
     "cunliang_device_watts",
     "cunliang_devices",

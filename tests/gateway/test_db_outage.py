@@ -5,6 +5,7 @@ request's record is lost or stored twice, memory holds only the records since th
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -108,6 +109,13 @@ def test_usage_rides_out_a_database_outage(
         assert last_stored is not None and last_stored <= outage_began
         failures = sample("cunliang_usage_flush_failures_total")
         assert failures is not None and failures >= 3
+        # the room left for the WAL, from its file system (what the volume alert watches)
+        size = sample("cunliang_usage_wal_volume_size_bytes")
+        available = sample("cunliang_usage_wal_volume_available_bytes")
+        fs = os.statvfs(tmp_path / "wal")
+        assert size == fs.f_blocks * fs.f_frsize
+        assert available is not None and 0 < available <= size
+        assert abs(available - fs.f_bavail * fs.f_frsize) < 64 << 20
         outage.end()
         await _until(lambda: writer.pending == 0)
         refresh_usage_meters(gateway)  # type: ignore[arg-type]

@@ -22,6 +22,8 @@ CONTRACT = {
     "cunliang_usage_pending_records": ("gauge", set()),
     "cunliang_usage_flush_failures": ("counter", set()),
     "cunliang_usage_last_stored_timestamp_seconds": ("gauge", set()),
+    "cunliang_usage_wal_volume_size_bytes": ("gauge", set()),
+    "cunliang_usage_wal_volume_available_bytes": ("gauge", set()),
     "cunliang_device_yuan_per_hour": ("gauge", {"device_class", "site", "cost"}),
     "cunliang_device_watts": ("gauge", {"device_class", "site", "source"}),
     "cunliang_devices": ("gauge", {"device_class", "site", "state"}),
@@ -43,6 +45,8 @@ def test_every_contract_metric_is_declared_with_its_labels() -> None:
     m.usage_pending.set(3)
     m.usage_flush_failures.inc()
     m.usage_last_stored.set(1.8e9)
+    m.usage_wal_volume_size.set(4 << 30)
+    m.usage_wal_volume_available.set(1 << 30)
     m.device_yuan_per_hour.labels("c", "s", "full").set(1)
     m.device_watts.labels("c", "s", "nvml").set(1)
     m.devices.labels("c", "s", "admitted").set(1)

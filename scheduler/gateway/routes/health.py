@@ -42,10 +42,14 @@ async def metrics(gateway: GatewayDep) -> Response:
 
 def refresh_usage_meters(gateway: GatewayDep) -> None:
     """The usage writer's records not stored yet, its failed flushes (counted since the
-    last scrape) and when it last stored what it tried."""
+    last scrape), when it last stored what it tried, and the room left for its WAL."""
     m, writer = gateway.metrics, gateway.writer
     m.usage_pending.set(writer.pending)
     m.usage_last_stored.set(writer.last_stored_s)
+    volume = writer.volume()
+    if volume is not None:
+        m.usage_wal_volume_size.set(volume[0])
+        m.usage_wal_volume_available.set(volume[1])
     failed = writer.failed_flushes - gateway.flush_failures_reported
     if failed > 0:
         m.usage_flush_failures.inc(failed)
