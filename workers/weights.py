@@ -177,15 +177,16 @@ def _local_checkpoint(model: str) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def prepare_weights(model: str, quant: Quant) -> str:
+def prepare_weights(model: str, quant: Quant, dtype: str = "auto") -> str:
     """The weights to serve ``quant`` from ``model``, made if needed, checked; or EngineError.
 
     ``model`` is a GGUF file, a local Hugging Face directory, or a hub id (served as
     named; only its engine log can be checked). A local float checkpoint asked for as
-    W8A8 or GGUF is converted once, beside it.
+    W8A8 or GGUF is converted once, beside it (W8A8: with activations this host's vLLM
+    serves in ``dtype``, the dtype the engine computes in).
     """
     from workers.gguf_convert import GGUF_FILE_TYPES, make_gguf
-    from workers.quantize import make_w8a8
+    from workers.quantize import make_w8a8, symmetric_activations_run, w8a8_dir
 
     checkpoint = _local_checkpoint(model)
     if quant in GGUF_FILE_TYPES:
@@ -205,7 +206,12 @@ def prepare_weights(model: str, quant: Quant) -> str:
     if checkpoint is None:
         return model  # a hub id: vLLM downloads it; the engine log check still applies
     if quant is Quant.INT8_W8A8 and _unquantised(checkpoint):
-        checkpoint = make_w8a8(checkpoint, checkpoint.parent / f"{checkpoint.name}-w8a8")
+        symmetric = symmetric_activations_run(dtype)
+        checkpoint = make_w8a8(
+            checkpoint,
+            w8a8_dir(checkpoint, symmetric_activations=symmetric),
+            symmetric_activations=symmetric,
+        )
     check_checkpoint(checkpoint, quant)
     return str(checkpoint)
 

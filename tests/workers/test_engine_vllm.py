@@ -15,6 +15,7 @@ from workers.actor import as_ray_actor
 from workers.engines.base import Engine
 from workers.engines.vllm_server import VllmConfig, VllmServer, http_health
 from workers.proc import group_members
+from workers.quantize import symmetric_activations_run, w8a8_dir
 from workers.weights import check_engine_log
 
 pytestmark = pytest.mark.engine
@@ -107,7 +108,9 @@ def test_actor_serves_the_int8_variant_it_made_and_dies_with_its_engine(
         )
         assert reply.usage is not None and 1 <= reply.usage.completion_tokens <= 4
         log = Path(info["log"]).read_text()
-        assert f"model='{demo_model.parent / 'cunliang-demo-w8a8'}'" in log
+        # beside the checkpoint; activations as this CPU's vLLM serves them in fp32
+        variant = w8a8_dir(demo_model, symmetric_activations=symmetric_activations_run("float32"))
+        assert f"model='{variant}'" in log
         assert "quantization=compressed-tensors" in log
         engine_pgid = info["pid"]
         assert len(group_members(engine_pgid)) >= 2

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from workers.demo_model import generate_llama
-from workers.quantize import make_w8a8
+from workers.quantize import make_w8a8, symmetric_activations_run
 
 
 def test_w8a8_variant_is_int8_per_channel_and_close_to_the_original(tmp_path: Path) -> None:
@@ -33,3 +33,20 @@ def test_w8a8_variant_is_int8_per_channel_and_close_to_the_original(tmp_path: Pa
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     make_w8a8(src, tmp_path / "w8a8")  # cached
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_asymmetric_activations_variant_for_kernels_that_need_it(tmp_path: Path) -> None:
+    """Where vLLM's kernel for symmetric int8 activations cannot take the activations'
+    dtype (AMX CPUs, fp32), the variant quantises activations with a zero point per token:
+    the same int8 weights, its own cache key."""
+    src = generate_llama(tmp_path / "fp32", hidden=64, layers=1, heads=1, vocab_size=1024)
+    sym = make_w8a8(src, tmp_path / "w8a8")
+    asym = make_w8a8(src, tmp_path / "w8a8", symmetric_activations=False)  # not the cache
+    group = json.loads((asym / "config.json").read_text())["quantization_config"]
+    group = group["config_groups"]["group_0"]
+    assert group["input_activations"]["symmetric"] is False
+    assert group["input_activations"]["dynamic"] is True
+    assert group["weights"]["symmetric"] is True
+    assert asym == sym  # rewritten in place: the manifest's key told them apart
+    for dtype in ("bfloat16", "float16"):  # every CPU kernel takes half activations
+        assert symmetric_activations_run(dtype)

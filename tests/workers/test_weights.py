@@ -16,7 +16,7 @@ from workers.engines.llamacpp import LlamaCppConfig, LlamaCppServer
 from workers.engines.vllm_server import VllmConfig, VllmServer
 from workers.gguf_convert import write_gguf
 from workers.proc import group_members
-from workers.quantize import make_w8a8
+from workers.quantize import make_w8a8, symmetric_activations_run
 from workers.weights import check_checkpoint, check_engine_log, check_gguf, prepare_weights
 
 
@@ -77,9 +77,15 @@ def test_prepare_makes_the_missing_variant_from_a_local_checkpoint(
 ) -> None:
     local = tmp_path / "demo"
     shutil.copytree(demo_model, local)
-    made = Path(prepare_weights(str(local), Quant.INT8_W8A8))
+    made = Path(prepare_weights(str(local), Quant.INT8_W8A8, "bfloat16"))
     assert made == tmp_path / "demo-w8a8"
     assert json.loads((made / "config.json").read_text())["quantization_config"]
+    # fp32 activations: symmetric ones only where vLLM's CPU kernel takes them (no AMX)
+    fp32 = Path(prepare_weights(str(local), Quant.INT8_W8A8, "float32"))
+    symmetric = symmetric_activations_run("float32")
+    assert fp32 == (made if symmetric else tmp_path / "demo-w8a8-asym")
+    groups = json.loads((fp32 / "config.json").read_text())["quantization_config"]
+    assert groups["config_groups"]["group_0"]["input_activations"]["symmetric"] is symmetric
     gguf = Path(prepare_weights(str(local), Quant.GGUF_Q4_K_M))
     assert gguf == tmp_path / "demo.Q4_K_M.gguf" and gguf.is_file()
     assert prepare_weights(str(local), Quant.FP32) == str(local)

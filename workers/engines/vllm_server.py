@@ -144,7 +144,9 @@ class VllmServer(SupervisedServer[VllmConfig]):
         return vllm_command(replace(self.config, model=model, port=port), python)
 
     def _prepare(self) -> None:
-        self._weights = prepare_weights(self.config.model, self.config.quant)
+        self._weights = prepare_weights(
+            self.config.model, self.config.quant, self.config.resolved_dtype()
+        )
 
     def _verify_started(self, log_text: str) -> None:
         check_engine_log(log_text, self.config.quant, engine="vllm")
