@@ -177,13 +177,13 @@ def _local_checkpoint(model: str) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def prepare_weights(model: str, quant: Quant, dtype: str = "auto") -> str:
+def prepare_weights(model: str, quant: Quant, dtype: str = "auto", *, on_cpu: bool = True) -> str:
     """The weights to serve ``quant`` from ``model``, made if needed, checked; or EngineError.
 
     ``model`` is a GGUF file, a local Hugging Face directory, or a hub id (served as
     named; only its engine log can be checked). A local float checkpoint asked for as
-    W8A8 or GGUF is converted once, beside it (W8A8: with activations this host's vLLM
-    serves in ``dtype``, the dtype the engine computes in).
+    W8A8 or GGUF is converted once, beside it (W8A8: with activations this CPU's vLLM
+    serves in ``dtype``, the dtype the engine computes in; symmetric on GPUs).
     """
     from workers.gguf_convert import GGUF_FILE_TYPES, make_gguf
     from workers.quantize import make_w8a8, symmetric_activations_run, w8a8_dir
@@ -206,7 +206,7 @@ def prepare_weights(model: str, quant: Quant, dtype: str = "auto") -> str:
     if checkpoint is None:
         return model  # a hub id: vLLM downloads it; the engine log check still applies
     if quant is Quant.INT8_W8A8 and _unquantised(checkpoint):
-        symmetric = symmetric_activations_run(dtype)
+        symmetric = not on_cpu or symmetric_activations_run(dtype)
         checkpoint = make_w8a8(
             checkpoint,
             w8a8_dir(checkpoint, symmetric_activations=symmetric),

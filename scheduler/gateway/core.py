@@ -166,6 +166,8 @@ class Gateway:
         self.load = ReplicaLoad()
         self.admission = Admission(clock, wall_clock, peers)
         self._reloading: set[int] = set()  # tenants whose budget ledger is being reloaded
+        # first budget ledger loads under way, by tenant id: concurrent requests share one
+        self._first_loads: dict[int, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.writer = UsageWriter(
             tenancy,
@@ -224,7 +226,7 @@ class Gateway:
                 self.fast_in_flight,
                 self.config.shutdown_grace_s,
             )
-        await self.writer.stop()
+        await self.writer.stop(within_s=_STOP_STORE_S)
         if self._client is not None:
             await self._client.aclose()
 
@@ -383,8 +385,25 @@ class Gateway:
         if not self._admit_now(ex):
             assert ex.principal is not None
             tenant = ex.principal.tenant
-            await self._load_ledger(tenant)
+            await asyncio.shield(self._first_load(tenant))  # a client that leaves: not the load
             ex.permit = self.admission.admit(tenant)
+
+    def _first_load(self, tenant: Tenant) -> asyncio.Future[None]:
+        """The tenant's first budget ledger load, one at a time: the requests that arrive
+        meanwhile wait for it (and share its UsageNotStored) rather than each storing the
+        backlog for up to ``_STORE_USAGE_WAIT_S`` in turn."""
+        load = self._first_loads.get(tenant.id)
+        if load is None:
+            load = asyncio.ensure_future(self._load_ledger(tenant))
+            self._first_loads[tenant.id] = load
+
+            def done(future: asyncio.Future[None], tenant_id: int = tenant.id) -> None:
+                self._first_loads.pop(tenant_id, None)
+                if not future.cancelled():
+                    future.exception()  # retrieved: every waiter may have gone
+
+            load.add_done_callback(done)
+        return load
 
     def _admit_now(self, ex: Exchange) -> bool:
         """Admit the request (``ex.permit``), or raise why not; False, with nothing taken,
@@ -881,6 +900,9 @@ class JsonAnswer(Response):
 
 # how long a usage read or a budget load waits for this gateway's records to be stored
 _STORE_USAGE_WAIT_S = 5.0
+# how long a stopping gateway stores the backlog (the rest waits in the WAL for the next
+# start): within the chart's terminationGracePeriodSeconds (90) after requests' 30 s
+_STOP_STORE_S = 45.0
 _NO_FIRST_EVENT = "stream ended before the first event"
 _STREAM_UNFINISHED = "The engine closed the stream before it finished."
 

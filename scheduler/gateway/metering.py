@@ -27,7 +27,8 @@ shares, each with the records queued meanwhile.
 At startup ``open()`` takes the segments a previous process left (a crash, or a stop while
 the database was down) as backlog, counting their lines, and the flushes store them as they
 store any backlog, while the gateway serves: a gateway back after a long outage listens in
-seconds, not after minutes of inserts (what reads usage or budgets waits for them as above).
+seconds, not after minutes of inserts (what reads usage or loads a budget stores them first,
+as above: for up to 5 s, then the gateway answers 503 usage_not_stored until they are in).
 Inserts skip request ids already stored (unique column), so a crash between insert and
 delete never duplicates a record, and a SIGKILL never loses one whose response completed
 (the page cache survives the process; ``fsync=True`` covers power loss). A segment's
@@ -172,13 +173,14 @@ class UsageWriter:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
 
-    async def stop(self) -> None:
-        """Flush everything and close (graceful shutdown)."""
+    async def stop(self, *, within_s: float | None = None) -> None:
+        """Flush everything, or what ``within_s`` seconds allow (the rest stays in the WAL
+        for the next process), and close (graceful shutdown)."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        await self.flush(whole_backlog=True)
+        await self.flush(whole_backlog=True, within_s=within_s)
         reserved = self._reserved()
         self._close_segment()
         if reserved is not None:
@@ -218,8 +220,8 @@ class UsageWriter:
     @property
     def pending(self) -> int:
         """Records not stored in the database yet: queued, being stored, and left on disk
-        by failed flushes."""
-        return len(self._pending) + self._in_flight + self._backlog
+        by failed flushes (or a previous process)."""
+        return len(self._pending) + self._in_flight + self.backlog
 
     def volume(self) -> tuple[int, int] | None:
         """(size, bytes available to this process) of the WAL's file system; None if it
@@ -232,8 +234,11 @@ class UsageWriter:
 
     @property
     def backlog(self) -> int:
-        """Records that failed flushes left on disk and no flush has stored yet."""
-        return self._backlog
+        """Records that failed flushes (or a previous process) left on disk and no flush has
+        stored yet: at least 1 while any such segment is left, whatever the count says."""
+        if not self._backlog_upto:
+            return 0
+        return max(self._backlog, 1)
 
     # ---- background --------------------------------------------------------------------
 
@@ -250,13 +255,18 @@ class UsageWriter:
     async def flush(self, *, whole_backlog: bool = False, within_s: float | None = None) -> None:
         """Move queued records to the database now, after the backlog of failed flushes
         (whole segments until ``backlog_per_flush`` records are stored; with
-        ``whole_backlog``, all of it, or as much as ``within_s`` seconds allow). Serialised:
+        ``whole_backlog``, all of it, or as much as ``within_s`` seconds allow, counted
+        from the call: a flush that waited that long for the lock stores the queue only).
+        Serialised:
         segments are deleted only after every record in them is stored. Failures are
         logged and counted (``failed_flushes``), not raised: the records wait in the WAL."""
         deadline = None if within_s is None else time.monotonic() + within_s
         async with self._flush_lock:
             failed = self.failed_flushes
-            await self._flush_locked(self._backlog_per_flush)
+            # waited out its time for the lock (other flushes storing the backlog): the queue
+            # only, none of the backlog
+            late = deadline is not None and time.monotonic() >= deadline
+            await self._flush_locked(0 if late else self._backlog_per_flush)
             # the rest of the backlog a share at a time, each time with the records queued
             # meanwhile (memory holds one share's time of traffic, not the whole catch-up's),
             # until a share fails: then the rest waits for the next flush
@@ -459,11 +469,11 @@ class UsageWriter:
 
     def _adopt_leftovers(self) -> int:
         """Make the segments left by a previous process the backlog. Their records are
-        counted by line ends, not parsed: a torn or NUL-holed line counts but is not a record,
-        so the count can only run high, and it is set right once the backlog is stored."""
+        counted by line ends, not parsed (``_count_lines``): a torn line counts but is not a
+        record, and the count is set right once the backlog is stored."""
         segments = self._segments()
         self._seq = _segment_seq(segments[-1]) if segments else 0
-        lines = sum(path.read_bytes().count(b"\n") for path in segments)
+        lines = sum(_count_lines(path.read_bytes()) for path in segments)
         if lines:
             self._backlog_upto, self._backlog = self._seq, lines
             log.info(
@@ -475,6 +485,14 @@ class UsageWriter:
         else:  # empty leftovers (a clean stop's truncated segment): nothing to store
             self._delete_segments(upto=self._seq)
         return lines
+
+
+def _count_lines(data: bytes) -> int:
+    """Lines in a segment's bytes: its line ends, and text after the last one (a record whose
+    line end a kill or a lost page cut off still reads), NUL tails aside."""
+    lines = data.count(b"\n")
+    tail = data[data.rfind(b"\n") + 1 :].strip(b"\0 \t\r")
+    return lines + 1 if tail else lines
 
 
 def _read_segment(path: Path) -> list[UsageRecord]:

@@ -494,19 +494,40 @@ def test_a_cancelled_flush_settles_its_batch_before_giving_up(tmp_path: Path, ca
 
 
 def test_a_whole_backlog_flush_stops_at_its_time_limit(tmp_path: Path) -> None:
+    """A flush whose time ran out (here: at once, as for one that waited that long for the
+    lock) stores the queue and none of the backlog; so does a stop; what is left waits in
+    the WAL for the next process."""
     sink = FlakySink(failures=3)
 
     async def run() -> None:
         writer = UsageWriter(sink, tmp_path / "wal", backlog_per_flush=4)
         writer.open()
         await _fail_three_flushes(writer)  # three segments of four records
-        await writer.flush(whole_backlog=True, within_s=0.0)  # one share, then the limit
-        assert writer.backlog == 8 and len(sink.stored) == 4
-        await writer.flush(whole_backlog=True)
-        assert writer.backlog == 0 and len(sink.stored) == 12
-        await writer.stop()
+        writer.submit(_record(12))
+        await writer.flush(whole_backlog=True, within_s=0.0)
+        assert writer.backlog == 12 and list(sink.stored) == ["req-12"]
+        await writer.flush(whole_backlog=True, within_s=60.0)  # one share, then the rest
+        assert writer.backlog == 0 and len(sink.stored) == 13
+        sink.failures = 1
+        writer.submit(_record(13))
+        await writer.flush()
+        assert writer.backlog == 1
+        await writer.stop(within_s=0.0)
+        assert writer.backlog == 1
 
     asyncio.run(run())
+    assert _store_leftovers(sink, tmp_path / "wal") == 1
+    assert len(sink.stored) == 14
+
+
+def test_leftover_count_includes_a_record_whose_line_end_was_cut(tmp_path: Path) -> None:
+    """A kill between a record's bytes and its line end: the record still reads, so it counts
+    (and its segment is not taken for empty and deleted)."""
+    (tmp_path / "wal").mkdir()
+    (tmp_path / "wal" / "usage-000000000001.wal").write_bytes(encode(_record(0))[:-1] + b"\0" * 64)
+    sink = FlakySink(failures=0)
+    assert _store_leftovers(sink, tmp_path / "wal") == 1
+    assert list(sink.stored) == ["req-0"]
 
 
 def test_wal_lines_round_trip_and_older_object_lines_still_replay() -> None:

@@ -253,6 +253,44 @@ def test_a_restarted_gateway_stores_its_wal_while_serving_and_budgets_count_it(
     asyncio.run(run())
 
 
+def test_concurrent_first_budget_loads_share_one(tmp_path: Path) -> None:
+    """Requests of a tenant whose ledger is not loaded yet wait for one load (which stores
+    this gateway's usage first, for up to 5 s) rather than each running its own in turn;
+    a request that leaves does not cancel it, and a failed one is not kept."""
+    from scheduler.errors import UsageNotStored
+
+    _, tenant, gateway = _budgeted_gateway(tmp_path)
+    loads = 0
+    real_load = gateway._load_ledger
+
+    async def counted_load(t: Tenant) -> None:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.05)
+        if loads == 1:
+            raise UsageNotStored("records wait", retry_after_s=5.0)
+        await real_load(t)
+
+    gateway._load_ledger = counted_load  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await gateway.startup()
+        try:
+            waiters = [asyncio.ensure_future(gateway._first_load(tenant)) for _ in range(5)]
+            results = await asyncio.gather(*waiters, return_exceptions=True)
+            assert loads == 1 and all(isinstance(r, UsageNotStored) for r in results)
+            leaving = asyncio.ensure_future(asyncio.shield(gateway._first_load(tenant)))
+            staying = gateway._first_load(tenant)
+            await asyncio.sleep(0)
+            leaving.cancel()
+            await staying  # the second load, not cancelled by the one that left
+            assert loads == 2 and gateway.admission.ledger_need(tenant) is None
+        finally:
+            await gateway.shutdown()
+
+    asyncio.run(run())
+
+
 class _InsertsFail:
     """A usage sink whose every insert fails (the database down or refusing writes)."""
 

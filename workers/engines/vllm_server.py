@@ -145,7 +145,10 @@ class VllmServer(SupervisedServer[VllmConfig]):
 
     def _prepare(self) -> None:
         self._weights = prepare_weights(
-            self.config.model, self.config.quant, self.config.resolved_dtype()
+            self.config.model,
+            self.config.quant,
+            self.config.resolved_dtype(),
+            on_cpu=self.config.device is DeviceKind.CPU,
         )
 
     def _verify_started(self, log_text: str) -> None:
