@@ -427,20 +427,22 @@ def summarise(
 def markdown_row(m: dict[str, float], layout: str) -> str:
     def proxy(name: str) -> str:
         t = f"{layout}_plain_c"
-        s = f"{layout}_stream_c32_{name}"
+        # the level the row details: c=32 where measured, else the first one that was
+        lv = next(c for c in (32, 1, 256) if f"{t}{c}_{name}_throughput_ratio" in m)
+        s = f"{layout}_stream_c{lv}_{name}"
         added = ", ".join(
             f"c={c} {m[f'{t}{c}_{name}_added_p50_ms']}/{m[f'{t}{c}_{name}_added_p99_ms']} ms"
             for c in (1, 32, 256)
             if f"{t}{c}_{name}_added_p50_ms" in m
         )
         return (
-            f"{name}: added p50/p99 {added}; c=32 throughput "
-            f"{m[f'{t}32_{name}_throughput_ratio']:.0%} (per-round median "
-            f"{m[f'{t}32_{name}_throughput_ratio_median_of_rounds']:.0%}, added p50/p99 "
-            f"{m[f'{t}32_{name}_added_p50_ms_median_of_rounds']}/"
-            f"{m[f'{t}32_{name}_added_p99_ms_median_of_rounds']} ms; streams "
+            f"{name}: added p50/p99 {added}; c={lv} throughput "
+            f"{m[f'{t}{lv}_{name}_throughput_ratio']:.0%} (per-round median "
+            f"{m[f'{t}{lv}_{name}_throughput_ratio_median_of_rounds']:.0%}, added p50/p99 "
+            f"{m[f'{t}{lv}_{name}_added_p50_ms_median_of_rounds']}/"
+            f"{m[f'{t}{lv}_{name}_added_p99_ms_median_of_rounds']} ms; streams "
             f"{m[f'{s}_throughput_ratio']:.0%}, +{m[f'{s}_added_per_token_p50_ms']} ms/token); "
-            f"CPU {m[f'{t}32_{name}_proxy_cpu_us_per_request']:.0f} µs/request, "
+            f"CPU {m[f'{t}{lv}_{name}_proxy_cpu_us_per_request']:.0f} µs/request, "
             f"{m[f'{s}_proxy_cpu_us_per_request']:.0f} µs/stream"
         )
 
