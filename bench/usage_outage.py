@@ -42,8 +42,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import print_result, write_result  # noqa: E402
 
-_RUN = r"""
-import asyncio, json, sqlite3, sys, time
+# what both runs' subprocesses share: a SQLite tenancy store in the temporary directory
+# argv[1], a tenant, the records (as a gateway's requests write them), a writer with the
+# gateway's flush settings, and a count of what reached the database
+_COMMON = r"""
+import asyncio, json, os, sqlite3, sys, time
 from datetime import UTC, datetime
 from pathlib import Path
 from sqlalchemy import func, select
@@ -53,14 +56,43 @@ from scheduler.settings import Settings
 from scheduler.store.tenancy import UsageRow, session_factory
 from scheduler.tenancy import TenancyService, UsageRecord
 
-tmp, rate, up_s, outage_s, drain_timeout_s = (
-    Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]),
-    float(sys.argv[5]),
-)
+tmp = Path(sys.argv[1])
 db_file = tmp / "gw.db"
 sessions = session_factory(f"sqlite:///{db_file}", create_tables=True)
 tenancy = TenancyService(sessions)
 tenant = tenancy.create_tenant("bench")
+
+
+def record(i):
+    return UsageRecord(
+        request_id=f"req-{i:x}", tenant_id=tenant.id, key_id="k", model="demo", status=200,
+        created_at=datetime.now(UTC), quant="fp32", replica_id="r0", device_class="cpu",
+        site="local", prompt_tokens=12, completion_tokens=4, ttft_ms=None, latency_ms=1.5,
+        cost_yuan=1e-7, stream=False,
+    )
+
+
+def gateway_writer():
+    config = GatewayConfig.from_settings(Settings(data_dir=tmp))  # the gateway's flush cadence
+    return UsageWriter(
+        tenancy, tmp / "wal", batch_max=config.usage_batch_max,
+        flush_interval_s=config.usage_flush_interval_s,
+    )
+
+
+def stored():
+    with sessions() as session:
+        return session.execute(
+            select(func.count(), func.count(func.distinct(UsageRow.request_id)))
+        ).one()
+"""
+
+_RUN = (
+    _COMMON
+    + r"""
+rate, up_s, outage_s, drain_timeout_s = (
+    int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
+)
 
 
 def peak_kib():
@@ -79,19 +111,8 @@ def stored_before(when):
         ).scalar_one()
 
 
-def stored():
-    with sessions() as session:
-        return session.execute(
-            select(func.count(), func.count(func.distinct(UsageRow.request_id)))
-        ).one()
-
-
 async def main():
-    config = GatewayConfig.from_settings(Settings(data_dir=tmp))  # the gateway's flush cadence
-    writer = UsageWriter(
-        tenancy, tmp / "wal", batch_max=config.usage_batch_max,
-        flush_interval_s=config.usage_flush_interval_s,
-    )
+    writer = gateway_writer()
     writer.open()
     await writer.start()
     submitted = 0
@@ -102,13 +123,7 @@ async def main():
         start, fed = time.monotonic(), 0
         while (elapsed := time.monotonic() - start) < seconds:
             while fed < int((elapsed + tick_s) * rate):
-                writer.submit(UsageRecord(
-                    request_id=f"req-{submitted:x}", tenant_id=tenant.id, key_id="k",
-                    model="demo", status=200, created_at=datetime.now(UTC), quant="fp32",
-                    replica_id="r0", device_class="cpu", site="local", prompt_tokens=12,
-                    completion_tokens=4, ttft_ms=None, latency_ms=1.5, cost_yuan=1e-7,
-                    stream=False,
-                ))
+                writer.submit(record(submitted))
                 submitted += 1
                 fed += 1
             await asyncio.sleep(tick_s)
@@ -144,49 +159,22 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
-
-_RESTART = r"""
-import asyncio, json, os, sys, time
-from datetime import UTC, datetime
-from pathlib import Path
-from sqlalchemy import func, select
-from scheduler.gateway.config import GatewayConfig
-from scheduler.gateway.metering import UsageWriter
-from scheduler.settings import Settings
-from scheduler.store.tenancy import UsageRow, session_factory
-from scheduler.tenancy import TenancyService, UsageRecord
-
-tmp, records = Path(sys.argv[1]), int(sys.argv[2])
-sessions = session_factory(f"sqlite:///{tmp / 'gw.db'}", create_tables=True)
-tenancy = TenancyService(sessions)
-tenant = tenancy.create_tenant("bench")
-config = GatewayConfig.from_settings(Settings(data_dir=tmp))
+_RESTART = (
+    _COMMON
+    + r"""
+records = int(sys.argv[2])
 killed = UsageWriter(tenancy, tmp / "wal")
 killed.open()
 for i in range(records):
-    killed.submit(UsageRecord(
-        request_id=f"req-{i:x}", tenant_id=tenant.id, key_id="k", model="demo", status=200,
-        created_at=datetime.now(UTC), quant="fp32", replica_id="r0", device_class="cpu",
-        site="local", prompt_tokens=12, completion_tokens=4, ttft_ms=None, latency_ms=1.5,
-        cost_yuan=1e-7, stream=False,
-    ))
+    killed.submit(record(i))
 os.close(killed._lock_fd)  # killed: no flush; the kernel drops its lock
-
-
-def count():
-    with sessions() as session:
-        return session.execute(
-            select(func.count(), func.count(func.distinct(UsageRow.request_id)))
-        ).one()
 
 
 async def main():
     started = time.monotonic()
-    writer = UsageWriter(
-        tenancy, tmp / "wal", batch_max=config.usage_batch_max,
-        flush_interval_s=config.usage_flush_interval_s,
-    )
+    writer = gateway_writer()
     await asyncio.to_thread(writer.open)  # as Gateway.startup, before it listens
     ready_s = time.monotonic() - started
     await writer.start()
@@ -194,7 +182,7 @@ async def main():
         await asyncio.sleep(0.05)
     stored_s = time.monotonic() - started
     await writer.stop()
-    rows, distinct = count()
+    rows, distinct = stored()
     print(json.dumps({
         "ready_s": ready_s, "stored_s": stored_s, "lost": records - distinct,
         "duplicated": rows - distinct,
@@ -203,29 +191,36 @@ async def main():
 
 asyncio.run(main())
 """
+)
+
+
+def _run_script(repo: Path, script: str, *args: object, timeout_s: float) -> dict[str, float]:
+    """``script`` with ``repo``'s code in a subprocess, a temporary directory first in its
+    arguments; the JSON object its last line prints."""
+    with tempfile.TemporaryDirectory(prefix="cl-outage-") as tmp:
+        out = subprocess.run(
+            [sys.executable, "-c", script, tmp, *map(str, args)],
+            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+            capture_output=True, text=True, check=True, timeout=timeout_s,
+        )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def restart(repo: Path, records: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="cl-restart-") as tmp:
-        out = subprocess.run(
-            [sys.executable, "-c", _RESTART, tmp, str(records)],
-            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
-            capture_output=True, text=True, check=True, timeout=1800,
-        )  # fmt: skip
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return _run_script(repo, _RESTART, records, timeout_s=1800)
 
 
 def run(repo: Path, args: argparse.Namespace, outage_s: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="cl-outage-") as tmp:
-        out = subprocess.run(
-            [sys.executable, "-c", _RUN, tmp, str(args.rate), str(args.up_s),
-             str(outage_s), str(args.drain_timeout_s)],
-            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
-            capture_output=True, text=True, check=True, timeout=outage_s + 600,
-        )  # fmt: skip
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return _run_script(
+        repo,
+        _RUN,
+        args.rate,
+        args.up_s,
+        outage_s,
+        args.drain_timeout_s,
+        timeout_s=outage_s + 600,
+    )
 
 
 def main() -> int:
