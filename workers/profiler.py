@@ -38,7 +38,7 @@ from workers.probe import (
     quick_probe,
 )
 from workers.probe_child import PROMPT_TOKENS
-from workers.quantize import make_w8a8, symmetric_activations_run, w8a8_dir
+from workers.quantize import make_w8a8_beside
 
 Progress = Callable[[str, float], None]
 
@@ -179,12 +179,7 @@ def full_profile(
     notes: tuple[str, ...] = ("int8 W8A8 not measured: no dtype works",)
     if chosen is not None:
         report(f"vllm int8-w8a8 ({chosen} activations)", 0.9)
-        symmetric = symmetric_activations_run(chosen)
-        variant = make_w8a8(
-            model,
-            w8a8_dir(model, symmetric_activations=symmetric),
-            symmetric_activations=symmetric,
-        )
+        variant = make_w8a8_beside(model, chosen)
         int8 = probe_engine(
             variant,
             chosen,

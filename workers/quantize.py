@@ -100,6 +100,18 @@ def w8a8_dir(src_dir: Path, *, symmetric_activations: bool = True) -> Path:
     return src_dir.parent / f"{src_dir.name}{suffix}"
 
 
+def make_w8a8_beside(src_dir: Path, dtype: str, *, on_cpu: bool = True) -> Path:
+    """The W8A8 variant of ``src_dir``, made beside it once (``w8a8_dir``), with activations
+    vLLM serves when it computes in ``dtype``: on a CPU, as ``symmetric_activations_run``
+    says; on a GPU, symmetric."""
+    symmetric = not on_cpu or symmetric_activations_run(dtype)
+    return make_w8a8(
+        src_dir,
+        w8a8_dir(src_dir, symmetric_activations=symmetric),
+        symmetric_activations=symmetric,
+    )
+
+
 def make_w8a8(src_dir: Path, out_dir: Path, *, symmetric_activations: bool = True) -> Path:
     """Write the W8A8 variant of the checkpoint in ``src_dir`` to ``out_dir``; return it.
 

@@ -186,7 +186,7 @@ def prepare_weights(model: str, quant: Quant, dtype: str = "auto", *, on_cpu: bo
     serves in ``dtype``, the dtype the engine computes in; symmetric on GPUs).
     """
     from workers.gguf_convert import GGUF_FILE_TYPES, make_gguf
-    from workers.quantize import make_w8a8, symmetric_activations_run, w8a8_dir
+    from workers.quantize import make_w8a8_beside
 
     checkpoint = _local_checkpoint(model)
     if quant in GGUF_FILE_TYPES:
@@ -206,12 +206,7 @@ def prepare_weights(model: str, quant: Quant, dtype: str = "auto", *, on_cpu: bo
     if checkpoint is None:
         return model  # a hub id: vLLM downloads it; the engine log check still applies
     if quant is Quant.INT8_W8A8 and _unquantised(checkpoint):
-        symmetric = not on_cpu or symmetric_activations_run(dtype)
-        checkpoint = make_w8a8(
-            checkpoint,
-            w8a8_dir(checkpoint, symmetric_activations=symmetric),
-            symmetric_activations=symmetric,
-        )
+        checkpoint = make_w8a8_beside(checkpoint, dtype, on_cpu=on_cpu)
     check_checkpoint(checkpoint, quant)
     return str(checkpoint)
 
