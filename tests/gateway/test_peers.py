@@ -89,8 +89,7 @@ def test_budget_ledger_reloads_other_gateways_usage() -> None:
     now[0] = 10.0
     assert admission.ledger_need(tenant) == "reload"
     admission.load_ledger(tenant, lambda _id, _since: (recorded[0], 0.0))
-    with pytest.raises(RateLimited, match="daily token budget"):
-        admission.admit(tenant)
+    _budget_spent(admission, tenant)
 
 
 def test_db_peers_count_live_gateways_and_forget_stopped_ones(tmp_path: Path) -> None:
@@ -164,6 +163,12 @@ def test_concurrency_limit_holds_across_two_gateways(tmp_path: Path) -> None:
     assert statuses[:4].count(200) == statuses[4:].count(200) == 1
 
 
+def _budget_spent(admission: Admission, tenant: Tenant) -> None:
+    """The tenant's next request is refused: its daily token budget is spent."""
+    with pytest.raises(RateLimited, match="daily token budget"):
+        admission.admit(tenant)
+
+
 def _budgeted_gateway(tmp_path: Path) -> tuple[TenancyService, Tenant, Gateway]:
     """A gateway (not started) whose tenant "acme" has a daily budget of 30 tokens, its
     usage flushed only when asked."""
@@ -209,8 +214,7 @@ def test_budget_ledger_load_counts_usage_not_flushed_yet(tmp_path: Path) -> None
                 )
             )
             await gateway._load_ledger(tenant)  # the reload, as every 10 s
-            with pytest.raises(RateLimited, match="daily token budget"):
-                gateway.admission.admit(tenant)
+            _budget_spent(gateway.admission, tenant)
         finally:
             await gateway.shutdown()
 
@@ -245,8 +249,7 @@ def test_a_restarted_gateway_stores_its_wal_while_serving_and_budgets_count_it(
             assert tenancy.usage_since(tenant.id, datetime.now(UTC) - timedelta(days=1)) == (0, 0.0)
             await gateway._load_ledger(tenant)  # stores them, then reads 30 of 30
             assert gateway.writer.pending == 0
-            with pytest.raises(RateLimited, match="daily token budget"):
-                gateway.admission.admit(tenant)
+            _budget_spent(gateway.admission, tenant)
         finally:
             await gateway.shutdown()
 
@@ -325,14 +328,12 @@ def test_budget_ledger_is_not_reloaded_over_a_backlog_of_failed_flushes(tmp_path
             assert gateway.writer.backlog == 1
             gateway.writer._sink = tenancy  # back, but the record waits for the next flush
             await gateway._reload_ledger(tenant)
-            with pytest.raises(RateLimited, match="daily token budget"):
-                gateway.admission.admit(tenant)
+            _budget_spent(gateway.admission, tenant)
             assert gateway.writer.backlog == 1  # the reload did not read the database
             gateway.admission._tenants.clear()  # as after a restart: a first load
             await gateway._load_ledger(tenant)
             assert gateway.writer.pending == 0
-            with pytest.raises(RateLimited, match="daily token budget"):
-                gateway.admission.admit(tenant)
+            _budget_spent(gateway.admission, tenant)
         finally:
             await gateway.shutdown()
 
@@ -363,8 +364,7 @@ def test_budget_ledger_is_kept_when_storing_usage_fails(tmp_path: Path) -> None:
             gateway.writer._sink = _InsertsFail()
             assert gateway.writer.backlog == 0  # the reload's own flush is what fails
             await gateway._reload_ledger(tenant)
-            with pytest.raises(RateLimited, match="daily token budget"):
-                gateway.admission.admit(tenant)
+            _budget_spent(gateway.admission, tenant)
             assert gateway.writer.backlog == 1
             with pytest.raises(UsageNotStored) as refused:
                 await gateway.store_usage()  # as GET /v1/usage does
@@ -374,8 +374,7 @@ def test_budget_ledger_is_kept_when_storing_usage_fails(tmp_path: Path) -> None:
                 await gateway._load_ledger(tenant)
             gateway.writer._sink = tenancy
             await gateway._load_ledger(tenant)
-            with pytest.raises(RateLimited, match="daily token budget"):
-                gateway.admission.admit(tenant)
+            _budget_spent(gateway.admission, tenant)
         finally:
             await gateway.shutdown()
 
